@@ -1,0 +1,50 @@
+# chordlab: `make lab` and `make test` are the two commands; each sets up what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.chordlab-installed
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg -p no:cacheprovider
+# root (CI, containers) needs --allow-root to start JupyterLab
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export MPLBACKEND := Agg
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: setup lab test lint unit nbval notebooks clean
+
+$(STAMP): pyproject.toml $(wildcard setup.py)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(STAMP)  ## create .venv and install chordlab with its dev extras
+
+lab: $(STAMP)  ## start JupyterLab on the notebooks
+	MPLBACKEND=module://matplotlib_inline.backend_inline $(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+
+test: $(STAMP)  ## lint, unit tests, and every notebook under nbval
+	$(MAKE) --no-print-directory lint unit nbval
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+nbval: $(STAMP)
+	$(BIN)/python -m pytest -q $(NBVAL_FLAGS) $(NOTEBOOKS)
+
+notebooks: $(STAMP)  ## rebuild notebooks from notebooks/src and re-execute them, storing outputs
+	for src in notebooks/src/*.py; do \
+	  nb=notebooks/$$(basename $$src .py).ipynb; \
+	  $(BIN)/jupytext --quiet --to ipynb --output $$nb $$src && \
+	  $(BIN)/jupyter nbconvert --log-level=WARN --to notebook --execute --inplace \
+	    --ExecutePreprocessor.timeout=600 $$nb || exit 1; \
+	done
+
+clean:
+	rm -rf $(VENV) build *.egg-info chordlab/*.so .pytest_cache .hypothesis .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

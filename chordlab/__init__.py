@@ -1,0 +1,37 @@
+"""chordlab: a workbench for understanding, measuring and tuning FlashAttention-style kernels.
+
+The kernel progression, one idea per step (each module's header says what it adds):
+
+    step1_reference       the O(N²) textbook passes (the ground truth)
+    step2_online_softmax  streaming softmax and the merge of partial (max, sum) states
+    step3_tiled           FlashAttention forward in NumPy, O(N) memory
+
+Every step is a backend of one function, `attention(q, k, v, ..., backend=...)`; `backends()` lists them.
+"""
+
+from . import step1_reference, step3_tiled  # noqa: F401  (importing registers the backends)
+from .api import attention, choose_backend, explain_auto
+from .backends import Backend, backends, get_backend, register
+from .exercises import check
+from .layers import MultiHeadAttention
+from .memory import (
+    MemoryBudgetError,
+    format_bytes,
+    get_memory_limit,
+    measure_peak,
+    memory_limit,
+    predict_memory,
+    set_memory_limit,
+)
+from .step2_online_softmax import SoftmaxState, merge_states, online_softmax, softmax_naive, softmax_safe
+from .validation import AttentionProblem, ProblemShape, prepare
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "attention", "backends", "get_backend", "register", "Backend", "choose_backend", "explain_auto",
+    "online_softmax", "softmax_naive", "softmax_safe", "SoftmaxState", "merge_states",
+    "MultiHeadAttention", "check", "prepare", "AttentionProblem", "ProblemShape",
+    "MemoryBudgetError", "memory_limit", "set_memory_limit", "get_memory_limit", "predict_memory",
+    "measure_peak", "format_bytes", "__version__",
+]

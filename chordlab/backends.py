@@ -1,0 +1,134 @@
+"""The backend interface and registry.
+
+A backend is one way of computing attention. Each one subclasses `Backend` and provides:
+
+* ``name`` and a one-line ``summary``;
+* ``available() -> Availability``: whether it runs here, and if not, a human reason and a fix;
+* ``forward(problem, block_q, block_k) -> (out, lse)``: out ``[B, Hq, Lq, D]``, lse ``[B, Hq, Lq]`` in the
+  problem's dtype, for an already validated `AttentionProblem` with ``Lq, Lk >= 1``;
+* ``extra_bytes(shape, itemsize, ...)``: the working memory ``forward`` allocates beyond its result;
+* ``takes_block_sizes`` and ``default_blocks``: whether ``block_q``/``block_k`` mean anything to it.
+
+`register` adds a backend to the registry; `backends()` lists them all with their availability.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from .validation import AttentionProblem, ProblemShape
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+class Backend(ABC):
+    name: str = ""
+    summary: str = ""
+    takes_block_sizes: bool = False
+    default_blocks: tuple[int, int] | None = None
+    dtypes: tuple[np.dtype, ...] = (np.dtype(np.float32), np.dtype(np.float64))
+    #: Lower runs first when ``backend="auto"`` picks among the available backends.
+    auto_priority: int = 100
+
+    def available(self) -> Availability:
+        return Availability(True)
+
+    def supports(self, problem: AttentionProblem) -> Availability:
+        """Whether this backend can run this particular problem (dtype, head dim, ...)."""
+        if problem.dtype not in self.dtypes:
+            names = ", ".join(str(d) for d in self.dtypes)
+            return Availability(False, f"backend {self.name!r} computes in {names}, not {problem.dtype}")
+        return Availability(True)
+
+    @abstractmethod
+    def forward(self, problem: AttentionProblem, block_q: int | None, block_k: int | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(out [B, Hq, Lq, D], lse [B, Hq, Lq])`` for a validated, non-empty problem."""
+
+    @abstractmethod
+    def extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None,
+                    causal=False, mask_shape=None) -> int:
+        """Working bytes ``forward`` allocates beyond its output, for a problem of this shape."""
+
+    def memory_advice(self) -> str:
+        """What to do when a request does not fit the memory budget."""
+        return "Use smaller inputs (batch, heads or length)" + (
+            " or smaller block sizes." if self.takes_block_sizes else ".")
+
+    def resolve_blocks(self, block_q: int | None, block_k: int | None) -> tuple[int, int]:
+        dq, dk = self.default_blocks or (0, 0)
+        return (block_q or dq, block_k or dk)
+
+    def __repr__(self) -> str:
+        return f"<backend {self.name!r}: {self.summary}>"
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """One row of `backends()`."""
+
+    name: str
+    available: bool
+    reason: str
+    summary: str
+    takes_block_sizes: bool
+
+
+class BackendTable(list):
+    """A list of `BackendInfo` that prints as a table (in a terminal and in a notebook)."""
+
+    def __str__(self) -> str:
+        lines = [f"{'backend':<10} {'available':<10} notes"]
+        for b in self:
+            note = b.summary if b.available else f"unavailable: {b.reason}"
+            lines.append(f"{b.name:<10} {'yes' if b.available else 'no':<10} {note}")
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p, cycle):
+        p.text(str(self))
+
+
+_REGISTRY: dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> Backend:
+    """Add (or replace) a backend under its name."""
+    if not backend.name or backend.name == "auto":
+        raise ValueError(f"a backend needs a name other than 'auto', got {backend.name!r}")
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+def get_backend(name: str) -> Backend:
+    """The registered backend called ``name`` (not ``"auto"``; see `chordlab.attention`)."""
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a name (str), got {name!r}")
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY)) + ", auto"
+        raise ValueError(f"unknown backend {name!r}; choose one of: {known}") from None
+
+
+def backend_names() -> list[str]:
+    return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].auto_priority, n))
+
+
+def backends() -> BackendTable:
+    """Every registered backend, whether it is available here, and if not, why."""
+    rows = BackendTable()
+    for name in backend_names():
+        b = _REGISTRY[name]
+        a = b.available()
+        rows.append(BackendInfo(name, a.ok, a.reason, b.summary, b.takes_block_sizes))
+    return rows

@@ -1,0 +1,86 @@
+"""`MultiHeadAttention`: a NumPy attention layer around `chordlab.attention`.
+
+Layout at its edges is ``[L, H, D]`` per sequence (the seed transformer's), i.e. activations
+``x [B, L, d_model]`` (or ``[L, d_model]``) are projected to ``q [B, L, H, D]`` and ``k, v [B, L, Hkv, D]``,
+transposed to the kernels' ``[B, H, L, D]``, attended, transposed back and projected out:
+
+    q = x Wq,  k = x Wk,  v = x Wv           (Wq: [d_model, H·D], Wk and Wv: [d_model, Hkv·D])
+    y = attention(q, k, v) Wo                (Wo: [H·D, d_model])
+
+Weights are drawn from a seeded generator, so two layers built with the same seed are identical and the
+output is the same whichever backend computes the attention.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .api import attention
+
+
+class MultiHeadAttention:
+    """Multi-head (or grouped-query, or multi-query) self/cross attention with seeded weights.
+
+    Args:
+        d_model: width of the activations.
+        num_heads: query heads ``H``; ``d_model`` must be divisible by it (``D = d_model // H``).
+        num_kv_heads: key/value heads ``Hkv`` (default ``H``); ``H`` must be a multiple of it.
+        seed: seeds the weight initialisation (normal, std ``1/sqrt(d_model)``).
+        backend: default backend for `forward` (any name from `chordlab.backends()` or ``"auto"``).
+        dtype: float32 or float64.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, num_kv_heads: int | None = None, *, seed: int = 0,
+                 backend: str = "auto", dtype=np.float32):
+        if num_heads <= 0 or d_model % num_heads:
+            raise ValueError(f"d_model={d_model} must be a positive multiple of num_heads={num_heads}")
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_kv_heads <= 0 or num_heads % num_kv_heads:
+            raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}")
+        self.d_model, self.num_heads, self.num_kv_heads = d_model, num_heads, num_kv_heads
+        self.head_dim = d_model // num_heads
+        self.backend = backend
+        self.dtype = np.dtype(dtype)
+        rng = np.random.default_rng(seed)
+        std = 1.0 / np.sqrt(d_model)
+        kv_width = num_kv_heads * self.head_dim
+
+        def w(rows, cols):
+            return (rng.standard_normal((rows, cols)) * std).astype(self.dtype)
+
+        self.w_q, self.w_k, self.w_v = w(d_model, d_model), w(d_model, kv_width), w(d_model, kv_width)
+        self.w_o = w(d_model, d_model)
+
+    def __call__(self, x, context=None, **kwargs):
+        return self.forward(x, context, **kwargs)
+
+    def forward(self, x, context=None, *, mask=None, causal=False, backend=None, block_q=None,
+                block_k=None):
+        """``x [B, Lq, d_model]`` (or ``[Lq, d_model]``) -> same shape. ``context`` (default ``x``) gives
+        the keys and values. ``mask`` as in `chordlab.attention`."""
+        x = np.asarray(x)
+        context = x if context is None else np.asarray(context)
+        if x.ndim not in (2, 3) or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must be [L, d_model] or [B, L, d_model] with d_model={self.d_model}, "
+                             f"got {x.shape}")
+        if context.ndim != x.ndim or context.shape[-1] != self.d_model or context.shape[:-2] != x.shape[:-2]:
+            raise ValueError(f"context must match x's batch and d_model; got {context.shape} for x {x.shape}")
+        squeeze = x.ndim == 2
+        x3 = x[None] if squeeze else x
+        c3 = context[None] if squeeze else context
+        x3, c3 = x3.astype(self.dtype, copy=False), c3.astype(self.dtype, copy=False)
+        B, Lq, _ = x3.shape
+        Lk = c3.shape[1]
+        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        # [B, L, H, D] at the edges (the seed's layout) -> [B, H, L, D] for the kernels
+        q = (x3 @ self.w_q).reshape(B, Lq, H, D).transpose(0, 2, 1, 3)
+        k = (c3 @ self.w_k).reshape(B, Lk, Hkv, D).transpose(0, 2, 1, 3)
+        v = (c3 @ self.w_v).reshape(B, Lk, Hkv, D).transpose(0, 2, 1, 3)
+        o = attention(q, k, v, mask=mask, causal=causal, backend=backend or self.backend,
+                      block_q=block_q, block_k=block_k)
+        y = o.transpose(0, 2, 1, 3).reshape(B, Lq, H * D) @ self.w_o
+        return y[0] if squeeze else y
+
+    def __repr__(self) -> str:
+        return (f"MultiHeadAttention(d_model={self.d_model}, num_heads={self.num_heads}, "
+                f"num_kv_heads={self.num_kv_heads}, backend={self.backend!r}, dtype={self.dtype})")

@@ -1,0 +1,113 @@
+"""Step 1: the O(N²) reference, attention exactly as the textbook writes it.
+
+    O = softmax(scale · Q Kᵀ + mask) V
+
+computed in numbered passes, each over the whole ``[B, Hq, Lq, Lk]`` score matrix:
+
+    pass 1  scores      S = scale · Q Kᵀ             (then masked: -inf where a key is hidden)
+    pass 2  max         m = max_j S[i, j]
+    pass 3  exp and sum P = exp(S - m),  l = Σ_j P[i, j]
+    pass 4  normalize   P = P / l
+    pass 5  weight      O = P V,         lse = m + log l
+
+Every later kernel (online softmax, tiled, SIMD C, CUDA, WebGPU) fuses these passes and is checked
+against this one. Its cost is the score matrix: ``B·Hq·Lq·Lk`` numbers, so it checks the memory budget
+first and refuses (saying how much it needs) rather than letting the machine swap or die.
+
+Run it: ``chordlab.attention(q, k, v, backend="reference")``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backends import Backend, register
+from .validation import AttentionProblem, ProblemShape, causal_keep
+
+
+def apply_mask(scores: np.ndarray, mask: np.ndarray | None, causal: bool, offset: int,
+               q_start: int = 0, k_start: int = 0) -> None:
+    """Mask a block of scores in place.
+
+    ``scores`` is ``[..., bq, bk]`` covering queries ``q_start..`` and keys ``k_start..``; ``mask`` is the
+    matching block of the user's mask (bool: False hides a key; float: added), already sliced and
+    broadcastable; causal hides keys ``j > i + offset``.
+    """
+    if mask is not None:
+        if mask.dtype == np.bool_:
+            np.copyto(scores, -np.inf, where=~mask)
+        else:
+            scores += mask
+    if causal:
+        bq, bk = scores.shape[-2:]
+        keep = causal_keep(q_start, q_start + bq, k_start, k_start + bk, offset)
+        np.copyto(scores, -np.inf, where=~keep)
+
+
+def safe_max(m: np.ndarray) -> np.ndarray:
+    """The row max with -inf (a row whose every key is masked) replaced by 0, so that
+    ``exp(S - m)`` gives 0 instead of ``exp(-inf - -inf) = NaN``."""
+    return np.where(np.isneginf(m), 0.0, m).astype(m.dtype, copy=False)
+
+
+def reference_forward(p: AttentionProblem) -> tuple[np.ndarray, np.ndarray]:
+    """The five passes over a full score matrix. Returns ``(out [B,Hq,Lq,D], lse [B,Hq,Lq])``."""
+    B, Hq, Hkv, G = p.batch, p.heads_q, p.heads_kv, p.group
+    Lq, Lk, D = p.len_q, p.len_k, p.head_dim
+    q = p.q.reshape(B, Hkv, G, Lq, D)  # the G query heads of one kv head share its K and V (no copy)
+    k = p.k[:, :, None]
+    v = p.v[:, :, None]
+
+    # pass 1: scores S = scale * Q K^T, then the mask
+    S = np.matmul(q, k.swapaxes(-1, -2))  # [B, Hkv, G, Lq, Lk]
+    S *= p.scale
+    S = S.reshape(B, Hq, Lq, Lk)
+    apply_mask(S, p.mask, p.causal, p.causal_offset)
+
+    # pass 2: row max
+    m = S.max(axis=-1, keepdims=True)
+    m = safe_max(m)
+
+    # pass 3: exponentiate and sum (in place: S now holds P)
+    S -= m
+    np.exp(S, out=S)
+    l = S.sum(axis=-1, keepdims=True)
+
+    # pass 4: normalize; a fully masked row has l = 0 and stays all zeros
+    inv_l = np.zeros_like(l)
+    np.divide(1.0, l, out=inv_l, where=l > 0)
+    S *= inv_l
+
+    # pass 5: weight the values
+    out = np.matmul(S.reshape(B, Hkv, G, Lq, Lk), v).reshape(B, Hq, Lq, D)
+    with np.errstate(divide="ignore"):
+        lse = (m + np.log(l))[..., 0]
+    return out, lse
+
+
+class ReferenceBackend(Backend):
+    name = "reference"
+    summary = "NumPy, textbook O(N²): the full score matrix (the ground truth)"
+    auto_priority = 90
+
+    def extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None,
+                    causal=False, mask_shape=None) -> int:
+        rows = shape.batch * shape.heads_q * shape.len_q
+        scores = rows * shape.len_k * itemsize
+        row_stats = 3 * rows * itemsize  # m, l, 1/l
+        # a bool mask (or the causal mask) is inverted once: one byte per element of its own shape
+        mask_temp = 0
+        if mask_shape is not None:
+            mask_temp = int(np.prod(mask_shape))
+        if causal:
+            mask_temp = max(mask_temp, 0) + 2 * shape.len_q * shape.len_k
+        return scores + row_stats + mask_temp
+
+    def memory_advice(self) -> str:
+        return "Use backend='tiled' (or 'auto'), which needs O(N) memory."
+
+    def forward(self, problem, block_q=None, block_k=None):
+        return reference_forward(problem)
+
+
+register(ReferenceBackend())

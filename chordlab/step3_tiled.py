@@ -1,0 +1,115 @@
+"""Step 3: tiled FlashAttention forward in NumPy: O(N) memory.
+
+What it adds over step 1: the score matrix is never built. Queries are cut into blocks of ``block_q``
+rows and keys/values into blocks of ``block_k``; for each query block we stream over the key blocks and
+keep, per query row, the online-softmax state of step 2 plus an unnormalized output accumulator:
+
+    for each key block j:
+        S   = scale · Q_i K_jᵀ, masked                  (pass 1, one block only)
+        m'  = max(m, rowmax S)                          (pass 2, running)
+        P   = exp(S - m'),  α = exp(m - m')             (pass 3, running)
+        l   = α l + rowsum P
+        acc = α acc + P V_j                             (pass 5, running)
+        m   = m'
+    O_i = acc / l,  lse_i = m + log l                   (pass 4, once at the end)
+
+Causal attention skips key blocks that lie wholly above the diagonal and masks only the blocks it cuts.
+All (batch, head) pairs are processed together per block, so the working set is
+``B·Hq·block_q·(block_k + 2D)`` numbers, independent of the sequence length.
+
+Run it: ``chordlab.attention(q, k, v, backend="tiled", block_q=64, block_k=128)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backends import Backend, register
+from .step1_reference import apply_mask, safe_max
+from .validation import AttentionProblem, ProblemShape
+
+
+def _mask_as_groups(mask: np.ndarray | None, heads_kv: int, group: int) -> np.ndarray | None:
+    """View a 4-D mask ``[mb, mh, mq, mk]`` as ``[mb, Hkv, G, mq, mk]`` to match the grouped queries."""
+    if mask is None:
+        return None
+    mb, mh, mq, mk = mask.shape
+    if mh == 1:
+        return mask.reshape(mb, 1, 1, mq, mk)
+    return mask.reshape(mb, heads_kv, group, mq, mk)
+
+
+def _block(mask5: np.ndarray, qs: int, qe: int, ks: int, ke: int) -> np.ndarray:
+    rows = slice(qs, qe) if mask5.shape[-2] > 1 else slice(None)
+    cols = slice(ks, ke) if mask5.shape[-1] > 1 else slice(None)
+    return mask5[..., rows, cols]
+
+
+def tiled_forward(p: AttentionProblem, block_q: int, block_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """FlashAttention forward over ``block_q x block_k`` tiles. Returns ``(out, lse)`` like step 1."""
+    B, Hkv, G = p.batch, p.heads_kv, p.group
+    Lq, Lk, D = p.len_q, p.len_k, p.head_dim
+    q = p.q.reshape(B, Hkv, G, Lq, D)
+    k = p.k[:, :, None]
+    v = p.v[:, :, None]
+    mask5 = _mask_as_groups(p.mask, Hkv, G)
+    offset = p.causal_offset
+
+    out = np.zeros((B, Hkv, G, Lq, D), dtype=p.dtype)
+    lse = np.full((B, Hkv, G, Lq), -np.inf, dtype=p.dtype)
+    for qs in range(0, Lq, block_q):
+        qe = min(qs + block_q, Lq)
+        q_blk = q[..., qs:qe, :]
+        m = np.full((B, Hkv, G, qe - qs, 1), -np.inf, dtype=p.dtype)
+        l = np.zeros_like(m)
+        acc = np.zeros((B, Hkv, G, qe - qs, D), dtype=p.dtype)
+        # causal: the last row of this block sees keys up to (qe - 1) + offset; later blocks are all hidden
+        k_stop = min(Lk, qe + offset) if p.causal else Lk
+        for ks in range(0, k_stop, block_k):
+            ke = min(ks + block_k, Lk)
+            S = np.matmul(q_blk, k[..., ks:ke, :].swapaxes(-1, -2))
+            S *= p.scale
+            cut_by_diagonal = p.causal and ke - 1 > qs + offset
+            apply_mask(S, None if mask5 is None else _block(mask5, qs, qe, ks, ke),
+                       cut_by_diagonal, offset, qs, ks)
+            m_new = np.maximum(m, S.max(axis=-1, keepdims=True))
+            m_safe = safe_max(m_new)
+            S -= m_safe
+            np.exp(S, out=S)
+            alpha = np.exp(m - m_safe)
+            l *= alpha
+            l += S.sum(axis=-1, keepdims=True)
+            acc *= alpha
+            acc += np.matmul(S, v[..., ks:ke, :])
+            m = m_new
+        np.divide(acc, l, out=out[..., qs:qe, :], where=l > 0)
+        with np.errstate(divide="ignore"):
+            np.add(m[..., 0], np.log(l[..., 0]), out=lse[..., qs:qe], where=l[..., 0] > 0)
+    return out.reshape(B, p.heads_q, Lq, D), lse.reshape(B, p.heads_q, Lq)
+
+
+class TiledBackend(Backend):
+    name = "tiled"
+    summary = "NumPy FlashAttention: online softmax over block_q x block_k tiles, O(N) memory"
+    takes_block_sizes = True
+    default_blocks = (128, 128)
+    auto_priority = 80
+
+    def extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None,
+                    causal=False, mask_shape=None) -> int:
+        bq, bk = self.resolve_blocks(block_q, block_k)
+        bq, bk = min(bq, max(shape.len_q, 1)), min(bk, max(shape.len_k, 1))
+        rows = shape.batch * shape.heads_q * bq
+        # the score tile S, the accumulator and P·V's result (D each), and ~6 per-row vectors
+        working = rows * (bk + 2 * shape.head_dim + 6) * itemsize
+        # the causal keep-mask of a tile and its inverse (bool)
+        mask_temp = 2 * bq * bk if causal else 0
+        if mask_shape is not None:
+            mask_temp += rows * bk  # a bool mask block is inverted (1 byte per element)
+        return working + mask_temp
+
+    def forward(self, problem, block_q=None, block_k=None):
+        return tiled_forward(problem, *self.resolve_blocks(block_q, block_k))
+
+
+register(TiledBackend())

@@ -1,0 +1,66 @@
+"""Shared test helpers: random problems and an independent, loop-based attention to check against."""
+
+import numpy as np
+from hypothesis import strategies as st
+
+from chordlab.validation import causal_keep
+
+
+def naive_attention(q, k, v, mask=None, causal=False, scale=None):
+    """Per (batch, head) loop in float64, written without chordlab's code: the test oracle.
+
+    q [B,Hq,Lq,D], k/v [B,Hkv,Lk,D], mask broadcastable to [B,Hq,Lq,Lk]. Returns (out, lse) in float64."""
+    q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    scale = 1 / np.sqrt(D) if scale is None else scale
+    out = np.zeros((B, Hq, Lq, D))
+    lse = np.full((B, Hq, Lq), -np.inf)
+    add = np.zeros((B, Hq, Lq, Lk))
+    if mask is not None:
+        m = np.broadcast_to(mask, (B, Hq, Lq, Lk))
+        add = np.where(m, 0.0, -np.inf) if m.dtype == bool else m.astype(np.float64)
+    if causal:
+        add = np.where(causal_keep(0, Lq, 0, Lk, Lk - Lq), add, -np.inf)
+    for b in range(B):
+        for h in range(Hq):
+            kv = h // (Hq // Hkv)
+            s = scale * q[b, h] @ k[b, kv].T + add[b, h]
+            for i in range(Lq):
+                row = s[i]
+                if np.all(np.isneginf(row)):
+                    continue
+                mx = row.max()
+                e = np.exp(row - mx)
+                out[b, h, i] = e @ v[b, kv] / e.sum()
+                lse[b, h, i] = mx + np.log(e.sum())
+    return out, lse
+
+
+@st.composite
+def problems(draw, max_len=40, max_d=24, dtypes=(np.float32, np.float64)):
+    """A random attention problem: (q, k, v, mask, causal, dtype)."""
+    B = draw(st.integers(1, 2))
+    Hkv = draw(st.integers(1, 2))
+    G = draw(st.sampled_from([1, 2, 3]))
+    Lq = draw(st.integers(1, max_len))
+    Lk = draw(st.integers(1, max_len))
+    D = draw(st.integers(1, max_d))
+    dtype = np.dtype(draw(st.sampled_from(dtypes)))
+    seed = draw(st.integers(0, 2**31 - 1))
+    r = np.random.default_rng(seed)
+    q = r.standard_normal((B, Hkv * G, Lq, D)).astype(dtype)
+    k = r.standard_normal((B, Hkv, Lk, D)).astype(dtype)
+    v = r.standard_normal((B, Hkv, Lk, D)).astype(dtype)
+    layout = draw(st.sampled_from(["none", "LqLk", "B1LqLk", "BHLqLk", "additive"]))
+    mask = None
+    if layout != "none":
+        shape = {"LqLk": (Lq, Lk), "B1LqLk": (B, 1, Lq, Lk), "BHLqLk": (B, Hkv * G, Lq, Lk),
+                 "additive": (B, 1, Lq, Lk)}[layout]
+        keep = r.random(shape) < draw(st.sampled_from([0.2, 0.7, 1.0]))
+        if layout == "additive":
+            mask = np.where(keep, r.standard_normal(shape), -np.inf).astype(dtype)
+        else:
+            mask = keep
+    causal = draw(st.booleans())
+    return q, k, v, mask, causal, dtype
