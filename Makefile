@@ -10,6 +10,7 @@ LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export MPLBACKEND := Agg
+INLINE := MPLBACKEND=module://matplotlib_inline.backend_inline
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 .PHONY: setup lab test lint unit nbval notebooks clean
@@ -23,7 +24,7 @@ $(STAMP): pyproject.toml $(wildcard setup.py)
 setup: $(STAMP)  ## create .venv and install chordlab with its dev extras
 
 lab: $(STAMP)  ## start JupyterLab on the notebooks
-	MPLBACKEND=module://matplotlib_inline.backend_inline $(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+	$(INLINE) $(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
 
 test: $(STAMP)  ## lint, unit tests, and every notebook under nbval
 	$(MAKE) --no-print-directory lint unit nbval
@@ -35,13 +36,13 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 nbval: $(STAMP)
-	$(BIN)/python -m pytest -q $(NBVAL_FLAGS) $(NOTEBOOKS)
+	$(INLINE) $(BIN)/python -m pytest -q $(NBVAL_FLAGS) $(NOTEBOOKS)
 
 notebooks: $(STAMP)  ## rebuild notebooks from notebooks/src and re-execute them, storing outputs
 	for src in notebooks/src/*.py; do \
 	  nb=notebooks/$$(basename $$src .py).ipynb; \
 	  $(BIN)/jupytext --quiet --to ipynb --output $$nb $$src && \
-	  $(BIN)/jupyter nbconvert --log-level=WARN --to notebook --execute --inplace \
+	  $(INLINE) $(BIN)/jupyter nbconvert --log-level=WARN --to notebook --execute --inplace \
 	    --ExecutePreprocessor.timeout=600 $$nb || exit 1; \
 	done
 
