@@ -5,11 +5,12 @@ The kernel progression, one idea per step (each module's header says what it add
     step1_reference       the O(N²) textbook passes (the ground truth)
     step2_online_softmax  streaming softmax and the merge of partial (max, sum) states
     step3_tiled           FlashAttention forward in NumPy, O(N) memory
+    step4_simd            the same in C: SIMD micro-kernels per ISA, runtime dispatch, threads
 
 Every step is a backend of one function, `attention(q, k, v, ..., backend=...)`; `backends()` lists them.
 """
 
-from . import step1_reference, step3_tiled  # noqa: F401  (importing registers the backends)
+from . import step1_reference, step3_tiled, step4_simd  # noqa: F401  (importing registers the backends)
 from .api import attention, choose_backend, explain_auto
 from .backends import Backend, backends, get_backend, register
 from .exercises import check

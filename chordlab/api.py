@@ -18,13 +18,13 @@ from .memory import check_fits, format_bytes, get_memory_limit, predict_memory
 from .validation import AttentionProblem, check_block_size, prepare
 
 
-def _predicted_total(b: Backend, p: AttentionProblem, block_q, block_k) -> tuple[int, int, int]:
+def _predicted_total(b: Backend, p: AttentionProblem, block_q, block_k, options) -> tuple[int, int, int]:
     est = predict_memory(b.name, p.q.shape, p.k.shape, dtype=p.dtype, block_q=block_q, block_k=block_k,
-                         causal=p.causal, mask_shape=None if p.mask is None else p.mask.shape)
+                         causal=p.causal, mask_shape=None if p.mask is None else p.mask.shape, **options)
     return est.total, est.output, est.extra
 
 
-def _why_not(b: Backend, p: AttentionProblem, blocks_given: bool, block_q, block_k) -> str | None:
+def _why_not(b: Backend, p: AttentionProblem, blocks_given: bool, block_q, block_k, options) -> str | None:
     a = b.available()
     if not a:
         return f"unavailable: {a.reason}"
@@ -33,21 +33,25 @@ def _why_not(b: Backend, p: AttentionProblem, blocks_given: bool, block_q, block
         return s.reason
     if blocks_given and not b.takes_block_sizes:
         return "takes no block sizes"
-    total, _, _ = _predicted_total(b, p, block_q, block_k)
+    unknown = sorted(set(options) - set(b.options))
+    if unknown:
+        return f"takes no option {unknown[0]!r}"
+    total, _, _ = _predicted_total(b, p, block_q, block_k, options)
     if total > get_memory_limit():
         return f"needs {format_bytes(total)}, over the memory limit"
     return None
 
 
-def explain_auto(problem: AttentionProblem, block_q=None, block_k=None) -> list[tuple[str, str | None]]:
+def explain_auto(problem: AttentionProblem, block_q=None, block_k=None, **options
+                 ) -> list[tuple[str, str | None]]:
     """``[(backend name, reason it was passed over or None), ...]`` in the order ``auto`` tries them."""
     given = block_q is not None or block_k is not None
-    return [(n, _why_not(_REGISTRY[n], problem, given, block_q, block_k)) for n in backend_names()]
+    return [(n, _why_not(_REGISTRY[n], problem, given, block_q, block_k, options)) for n in backend_names()]
 
 
-def choose_backend(problem: AttentionProblem, block_q=None, block_k=None) -> Backend:
+def choose_backend(problem: AttentionProblem, block_q=None, block_k=None, **options) -> Backend:
     """The backend ``"auto"`` takes for this problem (see the module docstring for the rule)."""
-    reasons = explain_auto(problem, block_q, block_k)
+    reasons = explain_auto(problem, block_q, block_k, **options)
     for name, why in reasons:
         if why is None:
             return _REGISTRY[name]
@@ -56,7 +60,7 @@ def choose_backend(problem: AttentionProblem, block_q=None, block_k=None) -> Bac
 
 
 def attention(q, k, v, *, mask=None, causal=False, scale=None, backend="auto", block_q=None,
-              block_k=None, return_lse=False):
+              block_k=None, return_lse=False, **options):
     """Scaled dot-product attention ``softmax(scale · Q Kᵀ + mask) V``.
 
     Args:
@@ -71,6 +75,8 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, backend="auto", b
         backend: a name from `chordlab.backends()` or ``"auto"``.
         block_q, block_k: tile sizes for backends that tile (``tiled``, SIMD C, CUDA, ...).
         return_lse: also return the row log-sum-exp ``log Σ_j exp(s_ij)``, ``[B, Hq, Lq]``.
+        **options: backend-specific, e.g. ``isa="avx2"`` and ``threads=2`` for ``simd``
+            (a backend rejects options it does not know with a TypeError).
 
     Returns:
         out ``[B, Hq, Lq, D]`` in the input dtype (and lse when asked), in the caller's layout. A query row
@@ -84,7 +90,7 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, backend="auto", b
     block_q = check_block_size("block_q", block_q)
     block_k = check_block_size("block_k", block_k)
     if backend == "auto":
-        b = choose_backend(p, block_q, block_k)
+        b = choose_backend(p, block_q, block_k, **options)
     else:
         b = get_backend(backend)
         a = b.available()
@@ -95,15 +101,16 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, backend="auto", b
             raise TypeError(s.reason)
         if (block_q is not None or block_k is not None) and not b.takes_block_sizes:
             raise ValueError(f"backend {b.name!r} takes no block sizes; leave block_q and block_k as None")
+        b.check_options(options)
 
     if p.q.size == 0 or p.len_k == 0:
         out, lse = p.empty_result()
     else:
-        total, output, extra = _predicted_total(b, p, block_q, block_k)
+        total, output, extra = _predicted_total(b, p, block_q, block_k, options)
         check_fits(
             f"backend {b.name!r} on q {list(p.q.shape)}, k {list(p.k.shape)} ({p.dtype}) "
             f"(output {format_bytes(output)} + working memory {format_bytes(extra)})",
             total, b.memory_advice())
-        out, lse = b.forward(p, block_q, block_k)
+        out, lse = b.forward(p, block_q, block_k, **options)
     out, lse = p.to_caller_layout(np.asarray(out, dtype=p.dtype), np.asarray(lse, dtype=p.dtype))
     return (out, lse) if return_lse else out

@@ -39,6 +39,8 @@ class Backend(ABC):
     dtypes: tuple[np.dtype, ...] = (np.dtype(np.float32), np.dtype(np.float64))
     #: Lower runs first when ``backend="auto"`` picks among the available backends.
     auto_priority: int = 100
+    #: Backend-specific keyword options `attention` passes through (e.g. ``isa``, ``threads``).
+    options: tuple[str, ...] = ()
 
     def available(self) -> Availability:
         return Availability(True)
@@ -51,14 +53,21 @@ class Backend(ABC):
         return Availability(True)
 
     @abstractmethod
-    def forward(self, problem: AttentionProblem, block_q: int | None, block_k: int | None
+    def forward(self, problem: AttentionProblem, block_q: int | None, block_k: int | None, **options
                 ) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(out [B, Hq, Lq, D], lse [B, Hq, Lq])`` for a validated, non-empty problem."""
 
     @abstractmethod
     def extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None,
-                    causal=False, mask_shape=None) -> int:
+                    causal=False, mask_shape=None, **options) -> int:
         """Working bytes ``forward`` allocates beyond its output, for a problem of this shape."""
+
+    def check_options(self, options: dict) -> None:
+        """TypeError for an option this backend does not take."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            takes = ", ".join(self.options) or "none"
+            raise TypeError(f"backend {self.name!r} takes no option {unknown[0]!r} (its options: {takes})")
 
     def memory_advice(self) -> str:
         """What to do when a request does not fit the memory budget."""

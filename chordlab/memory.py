@@ -118,7 +118,7 @@ class MemoryEstimate:
 
 
 def predict_memory(backend: str, q_shape, k_shape, *, dtype=np.float32, block_q=None, block_k=None,
-                   causal=False, mask_shape=None) -> MemoryEstimate:
+                   causal=False, mask_shape=None, **options) -> MemoryEstimate:
     """Predict the bytes an `attention` call allocates for these shapes, without running it.
 
     ``output`` is the result ``[B, Hq, Lq, D]`` plus the log-sum-exp ``[B, Hq, Lq]``; ``extra`` is what the
@@ -130,8 +130,10 @@ def predict_memory(backend: str, q_shape, k_shape, *, dtype=np.float32, block_q=
     shape = ProblemShape.of(q_shape, k_shape)
     itemsize = np.dtype(dtype).itemsize
     output = (shape.batch * shape.heads_q * shape.len_q * (shape.head_dim + 1)) * itemsize
-    extra = get_backend(backend).extra_bytes(shape, itemsize, block_q=block_q, block_k=block_k,
-                                             causal=causal, mask_shape=mask_shape)
+    b = get_backend(backend)
+    b.check_options(options)
+    extra = b.extra_bytes(shape, itemsize, block_q=block_q, block_k=block_k, causal=causal,
+                          mask_shape=mask_shape, **options)
     return MemoryEstimate(backend, int(output), int(extra))
 
 

@@ -91,7 +91,7 @@ class ReferenceBackend(Backend):
     auto_priority = 90
 
     def extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None,
-                    causal=False, mask_shape=None) -> int:
+                    causal=False, mask_shape=None, **options) -> int:
         rows = shape.batch * shape.heads_q * shape.len_q
         scores = rows * shape.len_k * itemsize
         row_stats = 3 * rows * itemsize  # m, l, 1/l
@@ -106,7 +106,7 @@ class ReferenceBackend(Backend):
     def memory_advice(self) -> str:
         return "Use backend='tiled' (or 'auto'), which needs O(N) memory."
 
-    def forward(self, problem, block_q=None, block_k=None):
+    def forward(self, problem, block_q=None, block_k=None, **options):
         return reference_forward(problem)
 
 

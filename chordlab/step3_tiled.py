@@ -96,7 +96,7 @@ class TiledBackend(Backend):
     auto_priority = 80
 
     def extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None,
-                    causal=False, mask_shape=None) -> int:
+                    causal=False, mask_shape=None, **options) -> int:
         bq, bk = self.resolve_blocks(block_q, block_k)
         bq, bk = min(bq, max(shape.len_q, 1)), min(bk, max(shape.len_k, 1))
         rows = shape.batch * shape.heads_q * bq
@@ -108,7 +108,7 @@ class TiledBackend(Backend):
             mask_temp += rows * bk  # a bool mask block is inverted (1 byte per element)
         return working + mask_temp
 
-    def forward(self, problem, block_q=None, block_k=None):
+    def forward(self, problem, block_q=None, block_k=None, **options):
         return tiled_forward(problem, *self.resolve_blocks(block_q, block_k))
 
 

@@ -1,0 +1,271 @@
+"""Step 4: SIMD C kernels through cffi (sources in ``csrc/``, built by ``pip install -e .``).
+
+What it adds over step 3: the same tiles and online softmax in C, with the score and P·V products done by
+register-blocked micro-kernels, one file per instruction set (scalar, AVX2+FMA, AVX-512, NEON), chosen once
+at load time by CPU feature detection, and threads over (batch, head, query tile). See
+``csrc/flash_kernel.inc`` for the kernel and ``csrc/dispatch.c`` for dispatch and threads.
+
+Choosing the path:
+    * default: the best the CPU supports (AVX-512 > AVX2+FMA > scalar on x86-64; NEON on aarch64);
+    * ``CHORDLAB_ISA=avx2`` in the environment forces one for the whole process;
+    * ``attention(..., backend="simd", isa="scalar", threads=1)`` forces one per call.
+Asking for an ISA the CPU lacks is a clear error, never a crash.
+
+Run it: ``chordlab.attention(q, k, v, backend="simd")`` (float32 only: float64 input is refused, cast it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backends import Availability, Backend, register
+from .sysinfo import usable_cores
+from .validation import AttentionProblem, ProblemShape
+
+ISA_ENV = "CHORDLAB_ISA"
+THREADS_ENV = "CHORDLAB_THREADS"
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
+_ERRORS = {-1: "the requested ISA is not supported here", -2: "invalid arguments", -3: "out of memory for scratch"}
+
+
+@dataclass(frozen=True)
+class IsaInfo:
+    name: str
+    compiled: bool   # this build contains the code path
+    supported: bool  # ...and this CPU can run it
+
+
+class SimdLibrary:
+    """One loaded build of the C kernels (the installed one, or a rebuild from a notebook)."""
+
+    def __init__(self, ffi, lib, origin: str):
+        self.ffi, self.lib, self.origin = ffi, lib, origin
+        lib.cl_install_tracemalloc_hook()
+
+    def isas(self) -> list[IsaInfo]:
+        lib = self.lib
+        return [IsaInfo(self.ffi.string(lib.cl_isa_name(i)).decode(), bool(lib.cl_isa_compiled(i)),
+                        bool(lib.cl_isa_supported(i))) for i in range(lib.cl_isa_count())]
+
+    @property
+    def detected(self) -> str:
+        """The best ISA this CPU supports (detected once when the library loaded)."""
+        return self.ffi.string(self.lib.cl_isa_name(self.lib.cl_isa_best())).decode()
+
+    def isa_index(self, isa: str | None) -> int:
+        """Index of ``isa`` (None: ``$CHORDLAB_ISA`` or the detected best); a clear error if it cannot run."""
+        if isa is None:
+            isa = os.environ.get(ISA_ENV) or self.detected
+        if not isinstance(isa, str):
+            raise TypeError(f"isa must be a name like 'avx2', got {isa!r}")
+        infos = self.isas()
+        names = [i.name for i in infos]
+        if isa not in names:
+            raise ValueError(f"unknown isa {isa!r}; choose one of {', '.join(names)} (from isa= or ${ISA_ENV})")
+        info = infos[names.index(isa)]
+        if not info.compiled:
+            raise RuntimeError(f"isa {isa!r} is not compiled into this build (it is for another architecture); "
+                               f"this machine can run: {', '.join(i.name for i in infos if i.supported)}")
+        if not info.supported:
+            raise RuntimeError(f"this CPU lacks the {isa!r} instructions; it can run: "
+                               f"{', '.join(i.name for i in infos if i.supported)}")
+        return names.index(isa)
+
+    def scratch_bytes(self, isa: str | None, head_dim: int, block_q: int, block_k: int, threads: int) -> int:
+        per = self.lib.cl_scratch_bytes_per_thread(self.isa_index(isa), head_dim, block_q, block_k)
+        return int(per) * threads
+
+    # -- the kernel -----------------------------------------------------------------------------------
+    def attention(self, p: AttentionProblem, block_q: int, block_k: int, isa: str | None = None,
+                  threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        ffi = self.ffi
+        index = self.isa_index(isa)
+        threads = resolve_threads(threads)
+        out = np.empty(p.q.shape, dtype=np.float32)
+        lse = np.empty(p.q.shape[:3], dtype=np.float32)
+        a = ffi.new("cl_attention_args *")
+        keep = [ffi.from_buffer("float[]", x) for x in (p.q, p.k, p.v)]
+        a.q, a.k, a.v = keep
+        a.out = ffi.from_buffer("float[]", out, require_writable=True)
+        a.lse = ffi.from_buffer("float[]", lse, require_writable=True)
+        a.batch, a.heads_q, a.heads_kv = p.batch, p.heads_q, p.heads_kv
+        a.len_q, a.len_k, a.head_dim = p.len_q, p.len_k, p.head_dim
+        a.scale, a.causal = p.scale, int(p.causal)
+        a.block_q, a.block_k, a.threads = block_q, block_k, threads
+        mask = p.mask
+        if mask is not None:
+            if mask.dtype == np.bool_:
+                mask, a.mask_kind = mask.view(np.uint8), self.lib.CL_MASK_BOOL
+                buf = ffi.from_buffer("uint8_t[]", mask)
+            else:
+                mask, a.mask_kind = np.ascontiguousarray(mask, dtype=np.float32), self.lib.CL_MASK_ADDITIVE
+                buf = ffi.from_buffer("float[]", mask)
+            keep.append(buf)
+            a.mask = buf
+            strides = [s // mask.itemsize if n > 1 else 0 for s, n in zip(mask.strides, mask.shape, strict=True)]
+            a.mask_sb, a.mask_sh, a.mask_si, a.mask_sj = strides
+        rc = self.lib.cl_attention(index, a)
+        if rc != 0:
+            raise RuntimeError(f"the C kernel failed: {_ERRORS.get(rc, rc)}")
+        return out, lse
+
+    # -- primitives (the seed's micro-benchmarks and chapter 4) ---------------------------------------
+    def _vec(self, name: str, x) -> np.ndarray:
+        x = np.asarray(x)
+        if x.dtype != np.float32 or x.ndim != 1:
+            raise TypeError(f"{name} must be a 1-D float32 array, got {x.dtype} with shape {x.shape}")
+        return np.ascontiguousarray(x)
+
+    def dot(self, a, b, isa: str | None = None) -> float:
+        a, b = self._vec("a", a), self._vec("b", b)
+        if a.shape != b.shape:
+            raise ValueError(f"a and b must have the same length, got {a.shape[0]} and {b.shape[0]}")
+        return float(self.lib.cl_dot(self.isa_index(isa), self.ffi.from_buffer("float[]", a),
+                                     self.ffi.from_buffer("float[]", b), a.size))
+
+    def axpy(self, alpha: float, x, y, isa: str | None = None) -> None:
+        """``y += alpha * x`` in place (the seed's weighted_add_inplace)."""
+        x = self._vec("x", x)
+        if not (isinstance(y, np.ndarray) and y.dtype == np.float32 and y.ndim == 1 and y.flags.c_contiguous):
+            raise TypeError("y must be a contiguous 1-D float32 array (it is updated in place)")
+        if x.shape != y.shape:
+            raise ValueError(f"x and y must have the same length, got {x.shape[0]} and {y.shape[0]}")
+        self.lib.cl_axpy(self.isa_index(isa), float(alpha), self.ffi.from_buffer("float[]", x),
+                         self.ffi.from_buffer("float[]", y, require_writable=True), x.size)
+
+    def max(self, x, isa: str | None = None) -> float:
+        x = self._vec("x", x)
+        return float(self.lib.cl_max(self.isa_index(isa), self.ffi.from_buffer("float[]", x), x.size))
+
+    def exp(self, x, isa: str | None = None) -> np.ndarray:
+        x = self._vec("x", x)
+        y = np.empty_like(x)
+        self.lib.cl_exp(self.isa_index(isa), self.ffi.from_buffer("float[]", x),
+                        self.ffi.from_buffer("float[]", y, require_writable=True), x.size)
+        return y
+
+    def scale(self, x, alpha: float, isa: str | None = None) -> np.ndarray:
+        y = np.array(self._vec("x", x), copy=True)
+        self.lib.cl_scale(self.isa_index(isa), self.ffi.from_buffer("float[]", y, require_writable=True),
+                          float(alpha), y.size)
+        return y
+
+    def __repr__(self) -> str:
+        return f"<SimdLibrary {self.origin} detected={self.detected}>"
+
+
+def resolve_threads(threads: int | None) -> int:
+    """None: ``$CHORDLAB_THREADS`` or every usable core. Otherwise a positive int."""
+    if threads is None:
+        env = os.environ.get(THREADS_ENV)
+        if env:
+            try:
+                threads = int(env)
+            except ValueError:
+                raise ValueError(f"${THREADS_ENV} must be a positive integer, got {env!r}") from None
+        else:
+            return usable_cores()
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    return int(threads)
+
+
+_installed: SimdLibrary | None = None
+_load_error: str | None = None
+
+
+def library() -> SimdLibrary:
+    """The installed build (``chordlab._simd``); ImportError with the fix when it is missing."""
+    global _installed, _load_error
+    if _installed is None:
+        try:
+            from . import _simd
+        except ImportError as exc:
+            _load_error = (f"the C extension is not built ({exc}); run `pip install -e .` "
+                           "(or `make setup`) with a C compiler installed")
+            raise ImportError(_load_error) from exc
+        _installed = SimdLibrary(_simd.ffi, _simd.lib, _simd.__file__)
+    return _installed
+
+
+def build_library(csrc: str | os.PathLike | None = None, *, build_dir: str | os.PathLike | None = None,
+                  verbose: bool = False) -> SimdLibrary:
+    """Compile the C sources in ``csrc`` (default: the repository's ``csrc/``) and load them.
+
+    For readers who edit the C from a notebook: a C extension cannot be reloaded, so each distinct set of
+    sources is built under a fresh module name (``_simd_<hash of the sources>``) and loaded beside the
+    installed one. Pass the result as ``library=`` to `attention` (``backend="simd"``) to use it.
+    """
+    csrc = Path(csrc or CSRC).resolve()
+    spec = importlib.util.spec_from_file_location("_chordlab_build_ffi", csrc / "build_ffi.py")
+    build_ffi = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_ffi)
+    digest = hashlib.sha256()
+    for f in sorted(csrc.glob("*")):
+        if f.suffix in (".c", ".h", ".inc", ".py"):
+            digest.update(f.name.encode() + f.read_bytes())
+    name = f"_simd_{digest.hexdigest()[:12]}"
+    if name in sys.modules:
+        mod = sys.modules[name]
+        return SimdLibrary(mod.ffi, mod.lib, mod.__file__)
+    build_dir = Path(build_dir or Path.home() / ".cache" / "chordlab" / "builds")
+    build_dir.mkdir(parents=True, exist_ok=True)
+    ffi = build_ffi.make_ffi(name, csrc)
+    so_path = ffi.compile(tmpdir=str(build_dir), verbose=verbose)
+    mspec = importlib.util.spec_from_file_location(name, so_path)
+    mod = importlib.util.module_from_spec(mspec)
+    mspec.loader.exec_module(mod)
+    sys.modules[name] = mod
+    return SimdLibrary(mod.ffi, mod.lib, so_path)
+
+
+class SimdBackend(Backend):
+    name = "simd"
+    summary = "C kernels (scalar/AVX2/AVX-512/NEON) through cffi, register-blocked micro-kernels, threads"
+    takes_block_sizes = True
+    default_blocks = (64, 128)
+    dtypes = (np.dtype(np.float32),)
+    auto_priority = 20
+    options = ("isa", "threads", "library")
+
+    def available(self) -> Availability:
+        try:
+            lib = library()
+        except ImportError as exc:
+            return Availability(False, str(exc))
+        forced = os.environ.get(ISA_ENV)
+        if forced:
+            try:
+                lib.isa_index(forced)
+            except (ValueError, RuntimeError) as exc:
+                return Availability(False, f"${ISA_ENV}={forced}: {exc}")
+        return Availability(True)
+
+    def supports(self, problem: AttentionProblem) -> Availability:
+        if problem.dtype != np.float32:
+            return Availability(False, f"backend 'simd' computes in float32, not {problem.dtype}; "
+                                       "cast the inputs with .astype(np.float32) or use backend='tiled'")
+        return Availability(True)
+
+    def extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None, causal=False,
+                    mask_shape=None, isa=None, threads=None, library=None, **options) -> int:
+        bq, bk = self.resolve_blocks(block_q, block_k)
+        lib = library or globals()["library"]()
+        items = shape.batch * shape.heads_q * -(-shape.len_q // bq)
+        n_threads = max(1, min(resolve_threads(threads), items))
+        # per-thread scratch (reported to tracemalloc); an additive float64 mask would add a float32 copy
+        return lib.scratch_bytes(isa, shape.head_dim, bq, bk, n_threads)
+
+    def forward(self, problem, block_q=None, block_k=None, isa=None, threads=None, library=None):
+        lib = library or globals()["library"]()
+        return lib.attention(problem, *self.resolve_blocks(block_q, block_k), isa=isa, threads=threads)
+
+
+register(SimdBackend())

@@ -1,0 +1,71 @@
+/* chordlab_simd.h: the public C interface of the SIMD attention kernels (step 4).
+ *
+ * One baseline path (scalar) plus one file per ISA (isa_avx2.c, isa_avx512.c, isa_neon.c), each compiled
+ * with its own target attributes. dispatch.c detects the CPU once and picks the best path; every path can
+ * be forced by name so tests and notebooks can compare them.
+ *
+ * Python reaches this through cffi (csrc/build_ffi.py); the C test driver (csrc/test_driver.c) uses it
+ * directly, for the sanitizer build and for NEON under qemu.
+ */
+#ifndef CHORDLAB_SIMD_H
+#define CHORDLAB_SIMD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* mask_kind */
+#define CL_MASK_NONE 0
+#define CL_MASK_BOOL 1     /* uint8: nonzero = attend */
+#define CL_MASK_ADDITIVE 2 /* float32 added to the scores; -inf hides */
+
+/* return codes */
+#define CL_OK 0
+#define CL_ERR_ISA -1      /* the requested ISA is not compiled in or the CPU lacks it */
+#define CL_ERR_ARGS -2     /* a size or block size out of range */
+#define CL_ERR_NOMEM -3    /* scratch allocation failed */
+
+typedef struct {
+    const float *q;   /* [B, Hq, Lq, D]  C-contiguous */
+    const float *k;   /* [B, Hkv, Lk, D] */
+    const float *v;   /* [B, Hkv, Lk, D] */
+    float *out;       /* [B, Hq, Lq, D]  written */
+    float *lse;       /* [B, Hq, Lq]     written (natural log; -inf for a row with no visible key) */
+    int64_t batch, heads_q, heads_kv, len_q, len_k, head_dim;
+    float scale;
+    int causal;       /* key j visible to query i iff j <= i + (len_k - len_q) */
+    int mask_kind;
+    const void *mask; /* element [b, h, i, j] at b*mask_sb + h*mask_sh + i*mask_si + j*mask_sj (0 = broadcast) */
+    int64_t mask_sb, mask_sh, mask_si, mask_sj;
+    int block_q, block_k;
+    int threads;      /* <= 0: one per available core */
+    /* written by the call: the bytes of scratch it allocated (all threads) */
+    int64_t scratch_bytes;
+} cl_attention_args;
+
+/* ISA names, in order of preference on their architecture: "avx512", "avx2", "neon", "scalar". */
+int cl_isa_count(void);
+const char *cl_isa_name(int isa);
+int cl_isa_compiled(int isa);   /* the code for it is in this build */
+int cl_isa_supported(int isa);  /* compiled in and the CPU has the instructions */
+int cl_isa_best(void);          /* detected once at load */
+int cl_isa_lookup(const char *name); /* -1 if unknown */
+int cl_default_threads(void);
+
+/* Bytes of scratch one thread uses for these sizes (the backend's memory prediction uses it). */
+int64_t cl_scratch_bytes_per_thread(int isa, int64_t head_dim, int block_q, int block_k);
+
+/* The FlashAttention forward. Returns CL_OK or a CL_ERR_* code. */
+int cl_attention(int isa, cl_attention_args *args);
+
+/* Primitives, per ISA (the seed's dot and weighted add, and the pieces of the softmax). */
+float cl_dot(int isa, const float *a, const float *b, int64_t n);
+void cl_axpy(int isa, float alpha, const float *x, float *y, int64_t n); /* y += alpha * x */
+void cl_scale(int isa, float *x, float alpha, int64_t n);               /* x *= alpha */
+float cl_max(int isa, const float *x, int64_t n);                       /* -inf for n == 0 */
+void cl_exp(int isa, const float *x, float *y, int64_t n);              /* y = e^x */
+
+/* Optional hook told about scratch allocations (Python uses it to report them to tracemalloc). */
+typedef void (*cl_alloc_hook)(void *ptr, size_t size, int is_free);
+void cl_set_alloc_hook(cl_alloc_hook hook);
+
+#endif

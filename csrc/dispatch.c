@@ -1,0 +1,192 @@
+/* dispatch.c: pick an ISA once, check arguments, run the work items on threads.
+ *
+ * Like NumPy's SIMD dispatch: the baseline (scalar) path is always there, each ISA-specific path is compiled
+ * in its own file with its own target flags, the CPU is asked once which it can run, and any path can be
+ * forced by name (cl_isa_lookup + the isa argument) so tests and notebooks can compare them.
+ *
+ * Threads: POSIX threads over the work items (batch x query head x query tile), handed out through an atomic
+ * counter. Each item is computed by one thread from start to end, so results do not depend on the count.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "simd_internal.h"
+
+static const char *const ISA_NAMES[] = {"avx512", "avx2", "neon", "scalar"};
+#define N_ISA 4
+
+static const cl_isa_impl *impl_of(int isa) {
+    switch (isa) {
+#if defined(__x86_64__) || defined(__i386__)
+    case 0: return &cl_impl_avx512;
+    case 1: return &cl_impl_avx2;
+#endif
+#if defined(__aarch64__)
+    case 2: return &cl_impl_neon;
+#endif
+    case 3: return &cl_impl_scalar;
+    default: return NULL;
+    }
+}
+
+int cl_isa_count(void) { return N_ISA; }
+const char *cl_isa_name(int isa) { return isa >= 0 && isa < N_ISA ? ISA_NAMES[isa] : "unknown"; }
+int cl_isa_compiled(int isa) { return impl_of(isa) != NULL; }
+
+int cl_isa_lookup(const char *name) {
+    for (int i = 0; i < N_ISA; i++)
+        if (name && strcmp(name, ISA_NAMES[i]) == 0) return i;
+    return -1;
+}
+
+int cl_isa_supported(int isa) {
+    if (!impl_of(isa)) return 0;
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (isa == 0) return __builtin_cpu_supports("avx512f");
+    if (isa == 1) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    return 1;
+}
+
+static int best_isa = -1;
+
+int cl_isa_best(void) {
+    if (best_isa < 0) {
+        int best = 3;
+        for (int i = 0; i < N_ISA; i++)
+            if (cl_isa_supported(i)) { best = i; break; }
+        best_isa = best;
+    }
+    return best_isa;
+}
+
+__attribute__((constructor)) static void detect_at_load(void) { (void)cl_isa_best(); }
+
+int cl_default_threads(void) {
+#if defined(CPU_COUNT)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
+#endif
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+/* ------------------------------------------------------------------ primitives */
+
+#define IMPL_OR_SCALAR(isa) (impl_of(isa) ? impl_of(isa) : &cl_impl_scalar)
+float cl_dot(int isa, const float *a, const float *b, int64_t n) { return IMPL_OR_SCALAR(isa)->dot(a, b, n); }
+void cl_axpy(int isa, float alpha, const float *x, float *y, int64_t n) { IMPL_OR_SCALAR(isa)->axpy(alpha, x, y, n); }
+void cl_scale(int isa, float *x, float alpha, int64_t n) { IMPL_OR_SCALAR(isa)->scale(x, alpha, n); }
+float cl_max(int isa, const float *x, int64_t n) { return IMPL_OR_SCALAR(isa)->max(x, n); }
+void cl_exp(int isa, const float *x, float *y, int64_t n) { IMPL_OR_SCALAR(isa)->exp(x, y, n); }
+
+/* ------------------------------------------------------------------ scratch */
+
+static cl_alloc_hook alloc_hook = NULL;
+void cl_set_alloc_hook(cl_alloc_hook hook) { alloc_hook = hook; }
+
+#define ALIGN_FLOATS 16 /* 64 bytes */
+
+typedef struct { int64_t qt, st, acc, vpad, vec3; } scratch_layout; /* sizes in floats */
+
+static scratch_layout layout_for(int lanes, int64_t D, int block_q, int block_k) {
+    const int64_t ldq = cl_round_up(block_q, lanes), dp = cl_round_up(D, lanes);
+    scratch_layout s;
+    s.qt = cl_round_up(D * ldq, ALIGN_FLOATS);
+    s.st = cl_round_up((int64_t)block_k * ldq, ALIGN_FLOATS);
+    s.acc = cl_round_up((int64_t)block_q * dp, ALIGN_FLOATS);
+    s.vpad = dp != D ? cl_round_up((int64_t)block_k * dp, ALIGN_FLOATS) : 0;
+    s.vec3 = cl_round_up(ldq, ALIGN_FLOATS);
+    return s;
+}
+
+static int64_t layout_floats(scratch_layout s) { return s.qt + s.st + s.acc + s.vpad + 3 * s.vec3; }
+
+int64_t cl_scratch_bytes_per_thread(int isa, int64_t head_dim, int block_q, int block_k) {
+    const cl_isa_impl *impl = IMPL_OR_SCALAR(isa);
+    return layout_floats(layout_for(impl->lanes, head_dim, block_q, block_k)) * (int64_t)sizeof(float);
+}
+
+static cl_scratch carve(float *base, scratch_layout s) {
+    cl_scratch out;
+    out.qt = base;
+    out.st = out.qt + s.qt;
+    out.acc = out.st + s.st;
+    out.vpad = out.acc + s.acc;
+    out.m = out.vpad + s.vpad;
+    out.l = out.m + s.vec3;
+    out.alpha = out.l + s.vec3;
+    return out;
+}
+
+/* ------------------------------------------------------------------ threads */
+
+typedef struct {
+    const cl_attention_args *args;
+    const cl_isa_impl *impl;
+    int64_t n_items;
+    int64_t next; /* atomic */
+} job_t;
+
+typedef struct {
+    job_t *job;
+    cl_scratch scratch;
+} worker_t;
+
+static void *work(void *p) {
+    worker_t *w = (worker_t *)p;
+    for (;;) {
+        const int64_t item = __atomic_fetch_add(&w->job->next, 1, __ATOMIC_RELAXED);
+        if (item >= w->job->n_items) break;
+        w->job->impl->attention_item(w->job->args, item, &w->scratch);
+    }
+    return NULL;
+}
+
+int cl_attention(int isa, cl_attention_args *a) {
+    if (!cl_isa_supported(isa)) return CL_ERR_ISA;
+    if (a->batch < 1 || a->heads_q < 1 || a->heads_kv < 1 || a->len_q < 1 || a->len_k < 1 || a->head_dim < 1 ||
+        a->heads_q % a->heads_kv != 0 || a->block_q < 1 || a->block_k < 1 || a->block_q > (1 << 20) ||
+        a->block_k > (1 << 20) || (a->mask_kind != CL_MASK_NONE && !a->mask) || !a->q || !a->k || !a->v ||
+        !a->out || !a->lse)
+        return CL_ERR_ARGS;
+    const cl_isa_impl *impl = impl_of(isa);
+    job_t job = {a, impl, a->batch * a->heads_q * ((a->len_q + a->block_q - 1) / a->block_q), 0};
+    int64_t threads = a->threads > 0 ? a->threads : cl_default_threads();
+    if (threads > job.n_items) threads = job.n_items;
+
+    const scratch_layout lay = layout_for(impl->lanes, a->head_dim, a->block_q, a->block_k);
+    const size_t per_thread = (size_t)layout_floats(lay) * sizeof(float);
+    const size_t total = per_thread * (size_t)threads;
+    float *base = (float *)aligned_alloc(64, total);
+    if (!base) return CL_ERR_NOMEM;
+    if (alloc_hook) alloc_hook(base, total, 0);
+    a->scratch_bytes = (int64_t)total;
+
+    worker_t *workers = (worker_t *)calloc((size_t)threads, sizeof(worker_t));
+    pthread_t *tids = (pthread_t *)calloc((size_t)threads, sizeof(pthread_t));
+    int rc = CL_OK;
+    if (!workers || !tids) {
+        rc = CL_ERR_NOMEM;
+    } else {
+        for (int64_t t = 0; t < threads; t++) {
+            workers[t].job = &job;
+            workers[t].scratch = carve(base + (size_t)t * (per_thread / sizeof(float)), lay);
+        }
+        int64_t started = 1;
+        for (; started < threads; started++)
+            if (pthread_create(&tids[started], NULL, work, &workers[started]) != 0) break;
+        work(&workers[0]); /* the calling thread works too, and takes over the items of any thread that failed to start */
+        for (int64_t t = 1; t < started; t++) pthread_join(tids[t], NULL);
+    }
+    free(workers);
+    free(tids);
+    if (alloc_hook) alloc_hook(base, total, 1);
+    free(base);
+    return rc;
+}

@@ -1,0 +1,65 @@
+/* isa_avx512.c: 16 floats per vector, 32 registers (Intel Skylake-X and newer, AMD Zen 4 and newer).
+ * Compiled with its own target attributes; only called when the CPU reports AVX-512F. */
+#if defined(__x86_64__) || defined(__i386__)
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f"))), apply_to = function)
+#else
+#pragma GCC target("avx512f")
+#endif
+
+#include <immintrin.h>
+
+#include "simd_internal.h"
+
+#define CL_ISA avx512
+#define CL_ISA_NAME "avx512"
+#define W 16
+typedef __m512 vec;
+
+#define vload _mm512_loadu_ps
+#define vstore _mm512_storeu_ps
+#define vset1 _mm512_set1_ps
+#define vzero _mm512_setzero_ps
+#define vadd _mm512_add_ps
+#define vsub _mm512_sub_ps
+#define vmul _mm512_mul_ps
+#define vfma _mm512_fmadd_ps
+#define vmax _mm512_max_ps
+#define vhsum _mm512_reduce_add_ps
+#define vhmax _mm512_reduce_max_ps
+
+static inline vec vexp(vec xin) {
+    vec x = _mm512_min_ps(_mm512_set1_ps(CL_EXP_HI), xin);
+    x = _mm512_max_ps(_mm512_set1_ps(CL_EXP_LO), x);
+    const vec fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(CL_LOG2E)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(CL_LN2_HI), x);
+    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(CL_LN2_LO), x);
+    const vec z = _mm512_mul_ps(x, x);
+    vec y = _mm512_set1_ps(CL_EXP_P0);
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(CL_EXP_P1));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(CL_EXP_P2));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(CL_EXP_P3));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(CL_EXP_P4));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(CL_EXP_P5));
+    y = _mm512_add_ps(_mm512_fmadd_ps(y, z, x), _mm512_set1_ps(1.0f));
+    const __m512i n = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fx), _mm512_set1_epi32(127)), 23);
+    y = _mm512_mul_ps(y, _mm512_castsi512_ps(n));
+    const __mmask16 under = _mm512_cmp_ps_mask(xin, _mm512_set1_ps(CL_EXP_LO), _CMP_LT_OQ);
+    const __mmask16 over = _mm512_cmp_ps_mask(xin, _mm512_set1_ps(CL_EXP_OVERFLOW), _CMP_GT_OQ);
+    y = _mm512_maskz_mov_ps((__mmask16)~under, y);
+    return _mm512_mask_mov_ps(y, over, _mm512_set1_ps(INFINITY));
+}
+
+/* 32 registers: 6 x 4 accumulators + 4 loads + 1 broadcast */
+#define S_MR 6
+#define S_NR 4
+#define PV_MR 6
+#define PV_NR 4
+
+#include "flash_kernel.inc"
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
+#endif

@@ -1,0 +1,51 @@
+/* isa_neon.c: 4 floats per vector, 32 registers, fused multiply-add (every aarch64 CPU: Apple Silicon,
+ * Graviton, Ampere, Raspberry Pi 4/5). NEON is part of the aarch64 baseline, so no target flag is needed. */
+#if defined(__aarch64__)
+#include <arm_neon.h>
+
+#include "simd_internal.h"
+
+#define CL_ISA neon
+#define CL_ISA_NAME "neon"
+#define W 4
+typedef float32x4_t vec;
+
+#define vload vld1q_f32
+#define vstore vst1q_f32
+#define vset1 vdupq_n_f32
+#define vzero() vdupq_n_f32(0.0f)
+#define vadd vaddq_f32
+#define vsub vsubq_f32
+#define vmul vmulq_f32
+#define vfma(a, b, c) vfmaq_f32((c), (a), (b))
+#define vmax vmaxq_f32
+#define vhsum vaddvq_f32
+#define vhmax vmaxvq_f32
+
+static inline vec vexp(vec xin) {
+    vec x = vminq_f32(xin, vdupq_n_f32(CL_EXP_HI)); /* NEON min/max propagate NaN */
+    x = vmaxq_f32(x, vdupq_n_f32(CL_EXP_LO));
+    const vec fx = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(CL_LOG2E)));
+    x = vfmsq_f32(x, fx, vdupq_n_f32(CL_LN2_HI));
+    x = vfmsq_f32(x, fx, vdupq_n_f32(CL_LN2_LO));
+    const vec z = vmulq_f32(x, x);
+    vec y = vdupq_n_f32(CL_EXP_P0);
+    y = vfmaq_f32(vdupq_n_f32(CL_EXP_P1), y, x);
+    y = vfmaq_f32(vdupq_n_f32(CL_EXP_P2), y, x);
+    y = vfmaq_f32(vdupq_n_f32(CL_EXP_P3), y, x);
+    y = vfmaq_f32(vdupq_n_f32(CL_EXP_P4), y, x);
+    y = vfmaq_f32(vdupq_n_f32(CL_EXP_P5), y, x);
+    y = vaddq_f32(vfmaq_f32(x, y, z), vdupq_n_f32(1.0f));
+    const int32x4_t n = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(fx), vdupq_n_s32(127)), 23);
+    y = vmulq_f32(y, vreinterpretq_f32_s32(n));
+    y = vbslq_f32(vcltq_f32(xin, vdupq_n_f32(CL_EXP_LO)), vdupq_n_f32(0.0f), y);
+    return vbslq_f32(vcgtq_f32(xin, vdupq_n_f32(CL_EXP_OVERFLOW)), vdupq_n_f32(INFINITY), y);
+}
+
+#define S_MR 6
+#define S_NR 4
+#define PV_MR 6
+#define PV_NR 4
+
+#include "flash_kernel.inc"
+#endif

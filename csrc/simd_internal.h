@@ -1,0 +1,57 @@
+/* simd_internal.h: what dispatch.c and the per-ISA files share (not part of the public interface). */
+#ifndef CHORDLAB_SIMD_INTERNAL_H
+#define CHORDLAB_SIMD_INTERNAL_H
+
+#include <math.h>
+
+#include "chordlab_simd.h"
+
+/* e^x as in Cephes' expf: x = n ln2 + f with |f| <= ln2/2 (ln2 split in two for an exact product),
+ * e^f = 1 + f + f^2 P(f), e^x = 2^n e^f. Max relative error about 2e-7 on [-87.3, 88.0] (stated and
+ * tested in tests/test_simd.py); e^x is 0 below -87.3 (no subnormals) and +inf above 88.7. */
+#define CL_EXP_HI 88.0f
+#define CL_EXP_LO (-87.33654475f)
+#define CL_EXP_OVERFLOW 88.72283906f
+#define CL_LOG2E 1.44269504088896341f
+#define CL_LN2_HI 0.693359375f
+#define CL_LN2_LO (-2.12194440e-4f)
+#define CL_EXP_P0 1.9875691500e-4f
+#define CL_EXP_P1 1.3981999507e-3f
+#define CL_EXP_P2 8.3334519073e-3f
+#define CL_EXP_P3 4.1665795894e-2f
+#define CL_EXP_P4 1.6666665459e-1f
+#define CL_EXP_P5 5.0000001201e-1f
+
+/* One work item = one (batch, query head, query tile). Scratch is one thread's private memory. */
+typedef struct {
+    float *qt;     /* [D][bq_pad]  the query tile, transposed and scaled */
+    float *st;     /* [block_k][bq_pad] scores, then probabilities, keys-major */
+    float *acc;    /* [bq_pad][d_pad] unnormalized output */
+    float *vpad;   /* [block_k][d_pad] a value tile padded to whole vectors (only when D % lanes != 0) */
+    float *m, *l, *alpha; /* [bq_pad] running max, running sum, rescale factor */
+} cl_scratch;
+
+typedef struct {
+    const char *name;
+    int lanes;
+    float (*dot)(const float *, const float *, int64_t);
+    void (*axpy)(float, const float *, float *, int64_t);
+    void (*scale)(float *, float, int64_t);
+    float (*max)(const float *, int64_t);
+    void (*exp)(const float *, float *, int64_t);
+    void (*attention_item)(const cl_attention_args *, int64_t item, cl_scratch *);
+} cl_isa_impl;
+
+/* Defined by each ISA file that is compiled for this architecture. */
+extern const cl_isa_impl cl_impl_scalar;
+#if defined(__x86_64__) || defined(__i386__)
+extern const cl_isa_impl cl_impl_avx2;
+extern const cl_isa_impl cl_impl_avx512;
+#endif
+#if defined(__aarch64__)
+extern const cl_isa_impl cl_impl_neon;
+#endif
+
+static inline int64_t cl_round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+#endif
