@@ -13,7 +13,7 @@ export MPLBACKEND := Agg
 INLINE := MPLBACKEND=module://matplotlib_inline.backend_inline
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: setup lab test lint unit nbval notebooks clean
+.PHONY: setup lab test lint unit nbval notebooks clean system-deps
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h csrc/*.inc csrc/*.py)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,12 @@ setup: $(STAMP)  ## create .venv and install chordlab with its dev extras
 lab: $(STAMP)  ## start JupyterLab on the notebooks
 	$(INLINE) $(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
 
-test: $(STAMP)  ## lint, unit tests, and every notebook under nbval
+test: $(STAMP)  ## system parts, lint, unit tests, and every notebook under nbval
+	scripts/system-deps.sh
 	$(MAKE) --no-print-directory lint unit nbval
+
+system-deps:  ## install (as root) the optional tools: aarch64 cross compiler, qemu, ...
+	scripts/system-deps.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -22,6 +22,11 @@ def info_report() -> str:
     lines.append(f"  model     {sysinfo.cpu_model()}  ({platform.machine()}, {sysinfo.usable_cores()} cores usable)")
     lines.append("  features  " + "  ".join(f"{k.upper()}: {'yes' if v else 'no'}" for k, v in feats.items()))
     lines.append("")
+    from . import step4_simd
+
+    lines.append("SIMD kernels (step 4)")
+    lines += step4_simd.report()
+    lines.append("")
     lines.append("Compilers and tools")
     for name, path in sysinfo.compilers().items():
         lines.append(f"  {name:<22}{path or 'not found'}")

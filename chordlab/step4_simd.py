@@ -195,6 +195,33 @@ def library() -> SimdLibrary:
     return _installed
 
 
+def active_isa() -> str:
+    """The ISA ``backend="simd"`` uses when none is given: ``$CHORDLAB_ISA``, else the detected best."""
+    lib = library()
+    return lib.isas()[lib.isa_index(None)].name
+
+
+def report() -> list[str]:
+    """Lines for ``python -m chordlab info``."""
+    try:
+        lib = library()
+    except ImportError as exc:
+        return [f"  not available: {exc}"]
+    paths = "  ".join(f"{i.name}: {'yes' if i.supported else 'no (CPU lacks it)' if i.compiled else 'not compiled'}"
+                      for i in lib.isas())
+    forced = os.environ.get(ISA_ENV)
+    if forced:
+        try:
+            using = f"using {active_isa()} (forced by ${ISA_ENV})"
+        except (ValueError, RuntimeError) as exc:
+            using = f"${ISA_ENV}={forced} cannot be used: {exc}"
+    else:
+        using = f"using {lib.detected}"
+    return [f"  paths     {paths}", f"  detected  {lib.detected}; {using}",
+            f"  threads   {resolve_threads(None)} by default (${THREADS_ENV} or every usable core)",
+            f"  library   {lib.origin}"]
+
+
 def build_library(csrc: str | os.PathLike | None = None, *, build_dir: str | os.PathLike | None = None,
                   verbose: bool = False) -> SimdLibrary:
     """Compile the C sources in ``csrc`` (default: the repository's ``csrc/``) and load them.

@@ -47,8 +47,8 @@ int cl_isa_supported(int isa) {
     if (!impl_of(isa)) return 0;
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
     __builtin_cpu_init();
-    if (isa == 0) return __builtin_cpu_supports("avx512f");
-    if (isa == 1) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (isa == 0) return !!__builtin_cpu_supports("avx512f");
+    if (isa == 1) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
 #endif
     return 1;
 }

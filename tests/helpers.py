@@ -64,3 +64,20 @@ def problems(draw, max_len=40, max_d=24, dtypes=(np.float32, np.float64)):
             mask = keep
     causal = draw(st.booleans())
     return q, k, v, mask, causal, dtype
+
+
+def require_tool(tool: str, apt_package: str) -> str:
+    """Path of ``tool``; otherwise skip with the install command (or fail in CI, where we are root and
+    scripts/system-deps.sh should have installed it: a silent skip there would hide a broken set-up)."""
+    import os
+    import shutil
+
+    import pytest
+
+    path = shutil.which(tool)
+    if path:
+        return path
+    msg = f"{tool} not found: install it with `sudo apt-get install {apt_package}` (or run `make system-deps` as root)"
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg)

@@ -1,0 +1,105 @@
+/* test_driver.c: run the C kernels on cases written by the Python tests, outside Python.
+ *
+ * Used for (1) the AddressSanitizer + UndefinedBehaviorSanitizer build and (2) the aarch64 (NEON) build run
+ * under qemu-aarch64. The tests write each case, this program computes it, the tests compare the output with
+ * the NumPy reference (tests/test_simd_native.py).
+ *
+ *   test_driver --isas                 print "name compiled supported" per ISA, then the detected best
+ *   test_driver CASE OUT               compute CASE, write out [B,Hq,Lq,D] then lse [B,Hq,Lq] (float32) to OUT
+ *   test_driver --primitives ISA       self-check dot/axpy/scale/max/exp over lengths 0..67 (prints "ok")
+ *
+ * CASE: one text line "chordlab-case B Hq Hkv Lq Lk D causal mask_kind mb mh mq mk block_q block_k threads
+ * scale isa", then q, k, v as float32 and the [mb, mh, mq, mk] mask (uint8 or float32) if mask_kind != 0.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chordlab_simd.h"
+
+static int read_all(FILE *f, void *dst, size_t bytes) { return fread(dst, 1, bytes, f) == bytes; }
+
+static int primitives(const char *isa_name) {
+    const int isa = cl_isa_lookup(isa_name);
+    if (isa < 0 || !cl_isa_supported(isa)) { fprintf(stderr, "isa %s not supported\n", isa_name); return 2; }
+    float a[67], b[67], y[67], e[67];
+    for (int n = 0; n <= 67; n++) {
+        double dot = 0;
+        float mx = -INFINITY;
+        for (int i = 0; i < n; i++) {
+            a[i] = (float)((i * 37 % 17) - 8) / 4.0f;
+            b[i] = (float)((i * 11 % 13) - 6) / 3.0f;
+            y[i] = b[i];
+            dot += (double)a[i] * b[i];
+            if (a[i] > mx) mx = a[i];
+        }
+        if (fabs(cl_dot(isa, a, b, n) - dot) > 1e-4 * (1 + fabs(dot))) { fprintf(stderr, "dot n=%d\n", n); return 1; }
+        cl_axpy(isa, 0.5f, a, y, n);
+        for (int i = 0; i < n; i++)
+            if (fabsf(y[i] - (b[i] + 0.5f * a[i])) > 1e-6f) { fprintf(stderr, "axpy n=%d\n", n); return 1; }
+        cl_scale(isa, y, 2.0f, n);
+        if (cl_max(isa, a, n) != mx) { fprintf(stderr, "max n=%d\n", n); return 1; }
+        cl_exp(isa, a, e, n);
+        for (int i = 0; i < n; i++)
+            if (fabs(e[i] - exp((double)a[i])) > 1e-6 * exp((double)a[i])) { fprintf(stderr, "exp n=%d\n", n); return 1; }
+    }
+    printf("ok\n");
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 2 && strcmp(argv[1], "--isas") == 0) {
+        for (int i = 0; i < cl_isa_count(); i++)
+            printf("%s %d %d\n", cl_isa_name(i), cl_isa_compiled(i), cl_isa_supported(i));
+        printf("best %s\n", cl_isa_name(cl_isa_best()));
+        return 0;
+    }
+    if (argc == 3 && strcmp(argv[1], "--primitives") == 0) return primitives(argv[2]);
+    if (argc != 3) { fprintf(stderr, "usage: %s CASE OUT | --isas | --primitives ISA\n", argv[0]); return 2; }
+
+    FILE *f = fopen(argv[1], "rb");
+    if (!f) { perror(argv[1]); return 2; }
+    long long B, Hq, Hkv, Lq, Lk, D, mb, mh, mq, mk;
+    int causal, mask_kind, bq, bk, threads;
+    float scale;
+    char isa_name[32];
+    if (fscanf(f, "chordlab-case %lld %lld %lld %lld %lld %lld %d %d %lld %lld %lld %lld %d %d %d %f %31s", &B, &Hq,
+               &Hkv, &Lq, &Lk, &D, &causal, &mask_kind, &mb, &mh, &mq, &mk, &bq, &bk, &threads, &scale, isa_name) != 17
+        || fgetc(f) != '\n') {
+        fprintf(stderr, "bad case header\n");
+        return 2;
+    }
+    const size_t nq = (size_t)(B * Hq * Lq * D), nk = (size_t)(B * Hkv * Lk * D), nm = (size_t)(mb * mh * mq * mk);
+    const size_t mask_item = mask_kind == CL_MASK_BOOL ? 1 : 4;
+    float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4);
+    void *mask = mask_kind ? malloc(nm * mask_item) : NULL;
+    float *out = malloc(nq * 4), *lse = malloc((size_t)(B * Hq * Lq) * 4);
+    if (!q || !k || !v || !out || !lse || (mask_kind && !mask)) return 3;
+    if (!read_all(f, q, nq * 4) || !read_all(f, k, nk * 4) || !read_all(f, v, nk * 4) ||
+        (mask_kind && !read_all(f, mask, nm * mask_item))) {
+        fprintf(stderr, "short case file\n");
+        return 2;
+    }
+    fclose(f);
+
+    cl_attention_args a;
+    memset(&a, 0, sizeof a);
+    a.q = q; a.k = k; a.v = v; a.out = out; a.lse = lse;
+    a.batch = B; a.heads_q = Hq; a.heads_kv = Hkv; a.len_q = Lq; a.len_k = Lk; a.head_dim = D;
+    a.scale = scale; a.causal = causal; a.mask_kind = mask_kind; a.mask = mask;
+    a.mask_sb = mb > 1 ? mh * mq * mk : 0;
+    a.mask_sh = mh > 1 ? mq * mk : 0;
+    a.mask_si = mq > 1 ? mk : 0;
+    a.mask_sj = mk > 1 ? 1 : 0;
+    a.block_q = bq; a.block_k = bk; a.threads = threads;
+    const int isa = strcmp(isa_name, "best") == 0 ? cl_isa_best() : cl_isa_lookup(isa_name);
+    const int rc = cl_attention(isa, &a);
+    if (rc != CL_OK) { fprintf(stderr, "cl_attention failed: %d\n", rc); return 4; }
+
+    FILE *o = fopen(argv[2], "wb");
+    if (!o || fwrite(out, 4, nq, o) != nq || fwrite(lse, 4, (size_t)(B * Hq * Lq), o) != (size_t)(B * Hq * Lq)) return 5;
+    fclose(o);
+    free(q); free(k); free(v); free(mask); free(out); free(lse);
+    return 0;
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Optional system parts some tests need. `make test` runs this first: as root it installs what is missing
+# with apt; otherwise it says what to install, and the tests that need it skip with the same message
+# (in CI, where we are root, they never skip: a missing tool fails the test).
+set -u
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have aarch64-linux-gnu-gcc || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)  # NEON build
+have qemu-aarch64 || need+=(qemu-user)                                           # ...run under qemu
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && have apt-get; then
+  echo "system-deps: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
+    || { echo "system-deps: apt-get install failed" >&2; exit 1; }
+else
+  echo "system-deps: missing ${need[*]}; tests that need them will be skipped." \
+       "Install with: sudo apt-get install ${need[*]}"
+fi
