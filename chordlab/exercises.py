@@ -109,11 +109,23 @@ def _cases_tile_update():
     return cases
 
 
+def _cases_c_dot():
+    r = _rng(4)
+    cases = []
+    for n in (0, 7, 64, 67):
+        a, b = r.standard_normal(n).astype(np.float32), r.standard_normal(n).astype(np.float32)
+        cases.append(_Case(f"length {n}", (a, b), float(a.astype(np.float64) @ b.astype(np.float64)),
+                           "sum a[i] * b[i] over i < n; handle the tail when n is not a multiple of your "
+                           "vector width", rtol=1e-5, atol=1e-5))
+    return cases
+
+
 _EXERCISES = {
     "score_matrix_bytes": _cases_score_matrix_bytes,
     "attention_2d": _cases_attention_2d,
     "merge_states": _cases_merge_states,
     "tile_update": _cases_tile_update,
+    "c_dot": _cases_c_dot,
 }
 
 

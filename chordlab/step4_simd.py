@@ -253,6 +253,31 @@ def build_library(csrc: str | os.PathLike | None = None, *, build_dir: str | os.
     return SimdLibrary(mod.ffi, mod.lib, so_path)
 
 
+def compile_c(source: str, cdef: str, *, extra_compile_args=(), build_dir: str | os.PathLike | None = None):
+    """Compile a small C snippet with cffi (API mode) and load it: returns ``(ffi, lib)``.
+
+    ``cdef`` declares what Python may call (e.g. ``"float my_dot(const float *, const float *, int64_t);"``).
+    Each distinct (source, cdef, flags) gets its own module name, so an edited snippet loads fresh."""
+    from cffi import FFI
+
+    flags = ["-O2", *extra_compile_args]
+    digest = hashlib.sha256("\0".join([source, cdef, *flags]).encode()).hexdigest()[:12]
+    name = f"_snippet_{digest}"
+    if name not in sys.modules:
+        ffi = FFI()
+        ffi.cdef(cdef)
+        ffi.set_source(name, source, extra_compile_args=flags)
+        build_dir = Path(build_dir or Path.home() / ".cache" / "chordlab" / "snippets")
+        build_dir.mkdir(parents=True, exist_ok=True)
+        so_path = ffi.compile(tmpdir=str(build_dir))
+        spec = importlib.util.spec_from_file_location(name, so_path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        sys.modules[name] = mod
+    mod = sys.modules[name]
+    return mod.ffi, mod.lib
+
+
 class SimdBackend(Backend):
     name = "simd"
     summary = "C kernels (scalar/AVX2/AVX-512/NEON) through cffi, register-blocked micro-kernels, threads"

@@ -22,6 +22,9 @@ COMPILE_ARGS = ["-O3", "-std=gnu11", "-pthread", "-Wall", "-Wno-unknown-pragmas"
 PREAMBLE = r"""
 #include "chordlab_simd.h"
 #define CL_TRACEMALLOC_DOMAIN 0x43484c42u /* 'CHLB' */
+/* not in the limited API headers (abi3 builds), but exported by every CPython >= 3.6 */
+int PyTraceMalloc_Track(unsigned int domain, uintptr_t ptr, size_t size);
+int PyTraceMalloc_Untrack(unsigned int domain, uintptr_t ptr);
 static void cl_tracemalloc_hook(void *ptr, size_t size, int is_free) {
     if (is_free) PyTraceMalloc_Untrack(CL_TRACEMALLOC_DOMAIN, (uintptr_t)ptr);
     else PyTraceMalloc_Track(CL_TRACEMALLOC_DOMAIN, (uintptr_t)ptr, size);

@@ -64,6 +64,10 @@ void cl_scale(int isa, float *x, float alpha, int64_t n);               /* x *= 
 float cl_max(int isa, const float *x, int64_t n);                       /* -inf for n == 0 */
 void cl_exp(int isa, const float *x, float *y, int64_t n);              /* y = e^x */
 
+/* Micro-benchmark of one primitive, timed in C (no Python call overhead): nanoseconds per call, median of
+ * `rounds` rounds of `iters` calls on length-n data. op: 0 dot, 1 axpy, 2 exp. Negative on error. */
+double cl_time_primitive(int isa, int op, int64_t n, int64_t iters, int rounds);
+
 /* Optional hook told about scratch allocations (Python uses it to report them to tracemalloc). */
 typedef void (*cl_alloc_hook)(void *ptr, size_t size, int is_free);
 void cl_set_alloc_hook(cl_alloc_hook hook);

@@ -12,6 +12,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "simd_internal.h"
@@ -84,6 +85,41 @@ void cl_axpy(int isa, float alpha, const float *x, float *y, int64_t n) { IMPL_O
 void cl_scale(int isa, float *x, float alpha, int64_t n) { IMPL_OR_SCALAR(isa)->scale(x, alpha, n); }
 float cl_max(int isa, const float *x, int64_t n) { return IMPL_OR_SCALAR(isa)->max(x, n); }
 void cl_exp(int isa, const float *x, float *y, int64_t n) { IMPL_OR_SCALAR(isa)->exp(x, y, n); }
+
+static double now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double cl_time_primitive(int isa, int op, int64_t n, int64_t iters, int rounds) {
+    if (!cl_isa_supported(isa) || n < 1 || iters < 1 || rounds < 1 || rounds > 1000 || op < 0 || op > 2) return -1;
+    const cl_isa_impl *impl = impl_of(isa);
+    float *a = (float *)malloc((size_t)n * sizeof(float)), *b = (float *)malloc((size_t)n * sizeof(float));
+    double *times = (double *)malloc((size_t)rounds * sizeof(double));
+    if (!a || !b || !times) { free(a); free(b); free(times); return -1; }
+    for (int64_t i = 0; i < n; i++) { a[i] = (float)(i % 7) * 0.125f - 0.3f; b[i] = (float)(i % 5) * 0.25f - 0.5f; }
+    volatile float sink = 0.0f;
+    for (int r = 0; r < rounds; r++) {
+        const double t0 = now_ns();
+        for (int64_t it = 0; it < iters; it++) {
+            if (op == 0) sink += impl->dot(a, b, n);
+            else if (op == 1) impl->axpy(1e-9f, a, b, n);
+            else impl->exp(a, b, n);
+        }
+        times[r] = (now_ns() - t0) / (double)iters;
+    }
+    qsort(times, (size_t)rounds, sizeof(double), cmp_double);
+    const double median = times[rounds / 2];
+    free(a); free(b); free(times);
+    (void)sink;
+    return median;
+}
 
 /* ------------------------------------------------------------------ scratch */
 
