@@ -1,0 +1,388 @@
+"""Step 5: CUDA kernels (``cuda/flash_v1.cu`` .. ``flash_v4.cu``), one idea per version, one launcher.
+
+    v1  one thread per query row, online softmax over every key
+    v2  a thread block per query tile; Q, K, V and score tiles in shared memory (the seed's design)
+    v3  a warp per group of rows: __shfl_xor_sync reductions, K/V tiles shared by the block, float4 loads
+    v4  tensor cores: fp16/bf16 inputs through WMMA, fp32 accumulation (sm_80 and newer)
+
+Two backends run them:
+    ``cuda``      PyCUDA on an NVIDIA GPU (``pip install -e .[cuda]``);
+    ``cuda-cpu``  v1-v3 compiled as OpenCL C from the *same* files (``cuda/cuda_compat.h`` maps CUDA's
+                  built-ins) and run on the CPU by PoCL: how the logic is checked on a machine with no GPU.
+
+``attention(q, k, v, backend="cuda", kernel="v3", block_q=..., block_k=...)``. Block sizes and the head dim are
+compile-time constants: each distinct (kernel, head dim, blocks) is compiled once and cached. This module
+holds what both backends share: where the sources are, each version's launch shape and shared memory, and
+the checks that reject a configuration before it is compiled.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backends import Availability, Backend, register
+from .validation import AttentionProblem, ProblemShape
+
+CUDA_DIR = Path(__file__).resolve().parent.parent / "cuda"
+VERSIONS = ("v1", "v2", "v3", "v4")
+SHARED_LIMIT = 48 * 1024  # static shared memory per block without an opt-in, every GPU since Kepler
+MAX_HEAD_DIM = 128
+V3_WARPS = 4
+V4_WARPS_SMALL, V4_WARPS_LARGE = 4, 2
+PRECISIONS = ("fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """One compiled variant: its version, head dim, tile sizes, threads per block and shared memory."""
+
+    version: str
+    head_dim: int
+    block_q: int
+    block_k: int
+    threads: int
+    shared_bytes: int
+    defines: tuple[tuple[str, int], ...]
+
+    @property
+    def function(self) -> str:
+        return f"flash_{self.version}"
+
+    @property
+    def source(self) -> Path:
+        return CUDA_DIR / f"flash_{self.version}.cu"
+
+    def options(self) -> list[str]:
+        return [f"-D{k}={v}" for k, v in self.defines]
+
+    def grid(self, batch: int, heads_q: int, len_q: int) -> tuple[int, int, int]:
+        return (math.ceil(len_q / self.block_q), heads_q, batch)
+
+
+def shared_bytes(version: str, head_dim: int, block_q: int, block_k: int) -> int:
+    """Static shared memory of one block, as the kernel declares it (checked against nvcc in the tests)."""
+    D = head_dim
+    if version == "v1":
+        return 0
+    if version == "v2":
+        return 4 * (block_q * (D + 1) + block_k * (D + 1) + block_k * D + block_q * (block_k + 1))
+    if version == "v3":
+        return 4 * (block_q * D + block_k * (D + 1) + block_k * D + V3_WARPS * 32)
+    if version == "v4":
+        warps = block_q // 16
+        ld_h, ld_f = D + 8, D + 4  # padded rows (WMMA wants 16-byte multiples)
+        tiles = 2 * (block_q * ld_h + 2 * block_k * ld_h)  # Q, K, V tiles in half precision
+        per_warp = 4 * 16 * (block_k + 4) + 2 * 16 * (block_k + 8) + 4 * 16 * ld_f + 4 * 2 * 16  # S, P, O, m/l
+        return tiles + warps * per_warp
+    raise ValueError(f"unknown kernel {version!r}; choose one of {', '.join(VERSIONS)}")
+
+
+def _fits(version, D, bq, bk) -> bool:
+    return shared_bytes(version, D, bq, bk) <= SHARED_LIMIT
+
+
+def default_blocks(version: str, head_dim: int) -> tuple[int, int]:
+    """The largest tiles that fit the 48 KiB shared-memory budget for this head dim."""
+    if version == "v1":
+        return 128, 1
+    if version == "v2":
+        candidates = [(64, 64), (64, 32), (32, 32), (32, 16), (16, 16), (16, 8)]
+    elif version == "v3":
+        candidates = [(V3_WARPS * r, 32) for r in (8, 4, 2, 1)]
+    elif version == "v4":
+        candidates = [(16 * V4_WARPS_SMALL, 32), (16 * V4_WARPS_LARGE, 32), (16, 32), (16, 16)]
+    else:
+        raise ValueError(f"unknown kernel {version!r}; choose one of {', '.join(VERSIONS)}")
+    for bq, bk in candidates:
+        if _fits(version, head_dim, bq, bk):
+            return bq, bk
+    raise ValueError(f"no tile of kernel {version} fits shared memory at head dim {head_dim}")
+
+
+def kernel_config(version: str, head_dim: int, block_q: int | None = None, block_k: int | None = None
+                  ) -> KernelConfig:
+    """Check a (kernel, head dim, blocks) request and return its launch configuration.
+
+    ValueError, before anything is compiled, for what a version cannot do: a head dim over 128 (or, for v4,
+    not a multiple of 16), a block_k for v1 (it has no key tiles), a v3 block_k other than the warp size, a
+    v3 block_q not a multiple of its 4 warps, a v4 block_q not a multiple of 16, or tiles over 48 KiB of
+    shared memory (the message says how much they need)."""
+    if version not in VERSIONS:
+        raise ValueError(f"unknown kernel {version!r}; choose one of {', '.join(VERSIONS)}")
+    D = head_dim
+    if not 1 <= D <= MAX_HEAD_DIM:
+        raise ValueError(f"the CUDA kernels take head dims 1..{MAX_HEAD_DIM}, got {D}")
+    if version == "v4" and D % 16:
+        raise ValueError(f"kernel v4 (tensor cores, 16x16x16 tiles) needs a head dim that is a multiple of 16, got {D}")
+    dq, dk = default_blocks(version, D)
+    if version == "v1":
+        if block_k is not None:
+            raise ValueError("kernel v1 has no key tiles: leave block_k as None (block_q = threads per block)")
+        bq = block_q or dq
+        if bq > 1024:
+            raise ValueError(f"kernel v1: block_q is the threads per block, at most 1024, got {bq}")
+        return KernelConfig("v1", D, bq, 1, bq, 0, (("HEAD_DIM", D), ("THREADS", bq)))
+    bq, bk = block_q or dq, block_k or dk
+    if version == "v2" and bq > 1024:
+        raise ValueError(f"kernel v2 runs one thread per query row: block_q is at most 1024, got {bq}")
+    if version == "v3":
+        if bk != 32:
+            raise ValueError(f"kernel v3 takes one key per lane: block_k must be the warp size, 32, got {bk}")
+        if bq % V3_WARPS:
+            raise ValueError(f"kernel v3 splits block_q over {V3_WARPS} warps: it must be a multiple of {V3_WARPS}, "
+                             f"got {bq}")
+    if version == "v4":
+        if bq % 16 or bq > 16 * 8:
+            raise ValueError(f"kernel v4 gives each warp 16 query rows: block_q must be 16, 32, ..., 128, got {bq}")
+        if bk % 16:
+            raise ValueError(f"kernel v4 multiplies 16-key slices: block_k must be a multiple of 16, got {bk}")
+    need = shared_bytes(version, D, bq, bk)
+    if need > SHARED_LIMIT:
+        raise ValueError(f"kernel {version} with block_q={bq}, block_k={bk}, head dim {D} needs {need} bytes of "
+                         f"shared memory per block, over the {SHARED_LIMIT}-byte limit; the default for this head "
+                         f"dim is block_q={dq}, block_k={dk}")
+    if version == "v2":
+        return KernelConfig("v2", D, bq, bk, bq, need, (("HEAD_DIM", D), ("BLOCK_Q", bq), ("BLOCK_K", bk)))
+    if version == "v3":
+        return KernelConfig("v3", D, bq, 32, V3_WARPS * 32, need,
+                            (("HEAD_DIM", D), ("NUM_WARPS", V3_WARPS), ("ROWS_PER_WARP", bq // V3_WARPS)))
+    return KernelConfig("v4", D, bq, bk, (bq // 16) * 32, need, (("HEAD_DIM", D), ("BLOCK_Q", bq), ("BLOCK_K", bk)))
+
+
+def mask_arguments(p: AttentionProblem):
+    """(mask_kind, bool buffer, float buffer, strides b, h, i, j in elements): what every version takes."""
+    if p.mask is None:
+        return 0, np.zeros(1, np.uint8), np.zeros(1, np.float32), (0, 0, 0, 0)
+    if p.mask.dtype == np.bool_:
+        m = np.ascontiguousarray(p.mask).view(np.uint8)
+        kind, mb, mf = 1, m, np.zeros(1, np.float32)
+    else:
+        m = np.ascontiguousarray(p.mask, dtype=np.float32)
+        kind, mb, mf = 2, np.zeros(1, np.uint8), m
+    strides = tuple(s // m.itemsize if n > 1 else 0 for s, n in zip(m.strides, m.shape, strict=True))
+    return kind, mb, mf, strides
+
+
+def to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), rounding to nearest even (NumPy has no bfloat16)."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = bits + 0x7FFF + ((bits >> 16) & 1)
+    return (rounded >> 16).astype(np.uint16)
+
+
+def from_bf16_bits(b: np.ndarray) -> np.ndarray:
+    return (b.astype(np.uint32) << 16).view(np.float32)
+
+
+def _check_kernel_option(kernel, precision, allow_v4: bool = True) -> None:
+    if kernel not in VERSIONS:
+        raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(VERSIONS)}")
+    if kernel == "v4" and not allow_v4:
+        raise ValueError("kernel v4 uses tensor cores (mma.sync via WMMA): it runs on an NVIDIA GPU only; "
+                         "the CPU path runs v1, v2 and v3")
+    if precision is not None and (kernel != "v4" or precision not in PRECISIONS):
+        raise ValueError(f"precision={precision!r} applies to kernel v4 only, as one of {', '.join(PRECISIONS)}")
+
+
+# --------------------------------------------------------------------------------------------- CPU (PoCL)
+
+@functools.lru_cache(maxsize=1)
+def _opencl_context():
+    import pyopencl as cl
+
+    os.environ.setdefault("POCL_CACHE_DIR", str(Path.home() / ".cache" / "chordlab" / "pocl"))
+    devices = [d for p in cl.get_platforms() for d in p.get_devices()]
+    cpu = [d for d in devices if d.type & cl.device_type.CPU] or devices
+    if not cpu:
+        raise RuntimeError("no OpenCL device")
+    ctx = cl.Context([cpu[0]])
+    return ctx, cl.CommandQueue(ctx)
+
+
+@functools.lru_cache(maxsize=64)
+def _opencl_program(cfg: KernelConfig):
+    import pyopencl as cl
+
+    ctx, _ = _opencl_context()
+    options = [*cfg.options(), f"-I{CUDA_DIR}", "-cl-std=CL1.2"]
+    return cl.Program(ctx, cfg.source.read_text()).build(options=options)
+
+
+def run_on_cpu(p: AttentionProblem, cfg: KernelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Launch kernel ``cfg`` on the OpenCL CPU device with CUDA's grid and block shapes."""
+    import pyopencl as cl
+
+    ctx, queue = _opencl_context()
+    prog = _opencl_program(cfg)
+    kind, mb, mf, strides = mask_arguments(p)
+    mf_ = cl.mem_flags
+    bufs = [cl.Buffer(ctx, mf_.READ_ONLY | mf_.COPY_HOST_PTR, hostbuf=a) for a in (p.q, p.k, p.v, mb, mf)]
+    out = np.empty(p.q.shape, np.float32)
+    lse = np.empty(p.q.shape[:3], np.float32)
+    out_buf = cl.Buffer(ctx, mf_.WRITE_ONLY, out.nbytes)
+    lse_buf = cl.Buffer(ctx, mf_.WRITE_ONLY, lse.nbytes)
+    grid = cfg.grid(p.batch, p.heads_q, p.len_q)
+    kernel = getattr(prog, cfg.function)
+    kernel(queue, (grid[0] * cfg.threads, grid[1], grid[2]), (cfg.threads, 1, 1), *bufs, out_buf, lse_buf,
+           np.int32(p.heads_q), np.int32(p.heads_kv), np.int32(p.len_q), np.int32(p.len_k), np.float32(p.scale),
+           np.int32(p.causal), np.int32(kind), *(np.int64(s) for s in strides))
+    cl.enqueue_copy(queue, out, out_buf)
+    cl.enqueue_copy(queue, lse, lse_buf)
+    queue.finish()
+    return out, lse
+
+
+class CudaOnCpuBackend(Backend):
+    name = "cuda-cpu"
+    summary = "the CUDA kernels v1-v3 compiled as OpenCL C from the same .cu files, run on the CPU by PoCL"
+    takes_block_sizes = True
+    dtypes = (np.dtype(np.float32),)
+    auto_priority = 200  # a correctness path, never the fast one
+    options = ("kernel",)
+
+    def available(self) -> Availability:
+        try:
+            import pyopencl  # noqa: F401
+        except ImportError:
+            return Availability(False, "pyopencl is not installed: pip install pyopencl pocl-binary-distribution")
+        try:
+            _opencl_context()
+        except Exception as exc:  # pyopencl raises its own LogicError/RuntimeError kinds
+            return Availability(False, f"no OpenCL device ({exc}); pip install pocl-binary-distribution")
+        return Availability(True)
+
+    def supports(self, problem: AttentionProblem) -> Availability:
+        base = super().supports(problem)
+        if not base:
+            return Availability(False, base.reason + "; cast the inputs with .astype(np.float32)")
+        if problem.head_dim > MAX_HEAD_DIM:
+            return Availability(False, f"the CUDA kernels take head dims up to {MAX_HEAD_DIM}")
+        return Availability(True)
+
+    def extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None, causal=False,
+                    mask_shape=None, kernel="v3", **options) -> int:
+        # device copies of q, k, v (and a float32 mask), as OpenCL buffers outside NumPy's view
+        return 0
+
+    def forward(self, problem, block_q=None, block_k=None, kernel="v3"):
+        _check_kernel_option(kernel, None, allow_v4=False)
+        return run_on_cpu(problem, kernel_config(kernel, problem.head_dim, block_q, block_k))
+
+
+# --------------------------------------------------------------------------------------------- GPU (PyCUDA)
+
+def _import_driver():
+    """pycuda.driver, or ImportError with the reason a reader can act on."""
+    try:
+        import pycuda.driver as drv
+    except ImportError as exc:
+        if "libcuda" in str(exc):
+            raise ImportError("no NVIDIA driver (libcuda.so.1 not found); install the driver on a machine "
+                              "with an NVIDIA GPU") from exc
+        raise ImportError("pycuda is not installed: pip install -e .[cuda] (needs the CUDA toolkit)") from exc
+    return drv
+
+
+@functools.lru_cache(maxsize=1)
+def _device_context():
+    drv = _import_driver()
+    try:
+        drv.init()
+        if drv.Device.count() == 0:
+            raise RuntimeError("no CUDA device: the driver reports 0 GPUs")
+        dev = drv.Device(0)
+        return dev, dev.retain_primary_context()
+    except drv.Error as exc:
+        raise RuntimeError(f"no CUDA device: {exc}") from exc
+
+
+def compile_cubin(cfg: KernelConfig, arch: str = "sm_90") -> bytes:
+    """nvcc-compile a configuration through PyCUDA's compiler (needs no GPU, only the toolkit)."""
+    from pycuda.compiler import compile as pycuda_compile
+
+    return pycuda_compile(cfg.source.read_text(), options=cfg.options(), arch=arch, include_dirs=[str(CUDA_DIR)],
+                          no_extern_c=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _gpu_function(cfg: KernelConfig, arch: str):
+    from pycuda.compiler import SourceModule
+
+    mod = SourceModule(cfg.source.read_text(), options=cfg.options(), arch=arch, include_dirs=[str(CUDA_DIR)],
+                       no_extern_c=True)
+    return mod, mod.get_function(cfg.function)
+
+
+def run_on_gpu(p: AttentionProblem, cfg: KernelConfig, precision: str | None = None):
+    """Copy the problem to the GPU, launch ``cfg``, copy out and lse back."""
+    drv = _import_driver()
+    dev, ctx = _device_context()
+    ctx.push()
+    try:
+        major, minor = dev.compute_capability()
+        if cfg.version == "v4" and major < 8:
+            raise RuntimeError(f"kernel v4 needs sm_80 or newer; {dev.name()} is sm_{major}{minor}")
+        _, fn = _gpu_function(cfg, f"sm_{major}{minor}")
+        kind, mb, mf, strides = mask_arguments(p)
+        if cfg.version == "v4":
+            conv = (lambda a: to_bf16_bits(a)) if precision == "bf16" else (lambda a: a.astype(np.float16))
+            q, k, v = (conv(a) for a in (p.q, p.k, p.v))
+        else:
+            q, k, v = p.q, p.k, p.v
+        out = np.empty(p.q.shape, np.float32)
+        lse = np.empty(p.q.shape[:3], np.float32)
+        args = [drv.In(q), drv.In(k), drv.In(v), drv.In(mb), drv.In(mf), drv.Out(out), drv.Out(lse),
+                np.int32(p.heads_q), np.int32(p.heads_kv), np.int32(p.len_q), np.int32(p.len_k),
+                np.float32(p.scale), np.int32(p.causal), np.int32(kind), *(np.int64(s) for s in strides)]
+        if cfg.version == "v4":
+            args.append(np.int32(precision == "bf16"))
+        fn(*args, block=(cfg.threads, 1, 1), grid=cfg.grid(p.batch, p.heads_q, p.len_q))
+        ctx.synchronize()
+    finally:
+        ctx.pop()
+    return out, lse
+
+
+class CudaBackend(Backend):
+    name = "cuda"
+    summary = "CUDA kernels v1-v4 through PyCUDA on an NVIDIA GPU (kernel='v1'..'v4')"
+    takes_block_sizes = True
+    dtypes = (np.dtype(np.float32),)
+    auto_priority = 10
+    options = ("kernel", "precision")
+
+    def available(self) -> Availability:
+        try:
+            _import_driver()
+            _device_context()
+        except (ImportError, RuntimeError) as exc:
+            return Availability(False, str(exc))
+        return Availability(True)
+
+    def supports(self, problem: AttentionProblem) -> Availability:
+        base = super().supports(problem)
+        if not base:
+            return Availability(False, base.reason + "; cast the inputs with .astype(np.float32)")
+        if problem.head_dim > MAX_HEAD_DIM:
+            return Availability(False, f"the CUDA kernels take head dims up to {MAX_HEAD_DIM}")
+        return Availability(True)
+
+    def extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None, causal=False,
+                    mask_shape=None, kernel="v3", precision=None, **options) -> int:
+        return 0  # host side: only the output; the GPU holds copies of the inputs
+
+    def forward(self, problem, block_q=None, block_k=None, kernel="v3", precision=None):
+        _check_kernel_option(kernel, precision)
+        if kernel == "v4" and precision is None:
+            precision = "fp16"
+        return run_on_gpu(problem, kernel_config(kernel, problem.head_dim, block_q, block_k), precision)
+
+
+register(CudaOnCpuBackend())
+register(CudaBackend())
