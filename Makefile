@@ -13,7 +13,7 @@ export MPLBACKEND := Agg
 INLINE := MPLBACKEND=module://matplotlib_inline.backend_inline
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: setup lab test lint unit nbval notebooks clean system-deps
+.PHONY: setup lab test gpu-test lint unit nbval notebooks clean system-deps
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h csrc/*.inc csrc/*.py)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,15 @@ setup: $(STAMP)  ## create .venv and install chordlab with its dev extras
 lab: $(STAMP)  ## start JupyterLab on the notebooks
 	$(INLINE) $(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
 
-test: $(STAMP)  ## system parts, lint, unit tests, and every notebook under nbval
+test: $(STAMP)  ## system parts, PyCUDA, lint, unit tests, and every notebook under nbval
 	scripts/system-deps.sh
+	scripts/install-pycuda.sh $(BIN)/python
 	$(MAKE) --no-print-directory lint unit nbval
+
+gpu-test: $(STAMP)  ## on a machine with an NVIDIA GPU: the GPU tests and the CUDA benchmark
+	scripts/install-pycuda.sh $(BIN)/python
+	$(BIN)/python -m pytest -q -m gpu tests/test_cuda_gpu.py
+	$(BIN)/python benchmarks/attention_cuda.py
 
 system-deps:  ## install (as root) the optional tools: aarch64 cross compiler, qemu, ...
 	scripts/system-deps.sh
@@ -37,7 +43,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -m "not gpu" tests
 
 nbval: $(STAMP)
 	$(INLINE) $(BIN)/python -m pytest -q $(NBVAL_FLAGS) $(NOTEBOOKS)

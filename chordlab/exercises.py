@@ -120,12 +120,22 @@ def _cases_c_dot():
     return cases
 
 
+def _cases_v2_shared_bytes():
+    from .step5_cuda import shared_bytes
+
+    return [_Case(f"head dim {D}, block_q={bq}, block_k={bk}", (D, bq, bk), shared_bytes("v2", D, bq, bk),
+                  "four float arrays: q_tile[BLOCK_Q][D+1], k_tile[BLOCK_K][D+1], v_tile[BLOCK_K][D], "
+                  "s_tile[BLOCK_Q][BLOCK_K+1]; 4 bytes per float", rtol=0, atol=0)
+            for D, bq, bk in [(64, 64, 32), (128, 32, 16), (80, 16, 8)]]
+
+
 _EXERCISES = {
     "score_matrix_bytes": _cases_score_matrix_bytes,
     "attention_2d": _cases_attention_2d,
     "merge_states": _cases_merge_states,
     "tile_update": _cases_tile_update,
     "c_dot": _cases_c_dot,
+    "v2_shared_bytes": _cases_v2_shared_bytes,
 }
 
 

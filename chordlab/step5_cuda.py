@@ -206,12 +206,13 @@ def _opencl_context():
 
 
 @functools.lru_cache(maxsize=64)
-def _opencl_program(cfg: KernelConfig):
+def _opencl_kernel(cfg: KernelConfig):
+    """Build the .cu file as OpenCL C (cuda_compat.h does the mapping); cached per configuration."""
     import pyopencl as cl
 
     ctx, _ = _opencl_context()
     options = [*cfg.options(), f"-I{CUDA_DIR}", "-cl-std=CL1.2"]
-    return cl.Program(ctx, cfg.source.read_text()).build(options=options)
+    return cl.Kernel(cl.Program(ctx, cfg.source.read_text()).build(options=options), cfg.function)
 
 
 def run_on_cpu(p: AttentionProblem, cfg: KernelConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -219,7 +220,7 @@ def run_on_cpu(p: AttentionProblem, cfg: KernelConfig) -> tuple[np.ndarray, np.n
     import pyopencl as cl
 
     ctx, queue = _opencl_context()
-    prog = _opencl_program(cfg)
+    kernel = _opencl_kernel(cfg)
     kind, mb, mf, strides = mask_arguments(p)
     mf_ = cl.mem_flags
     bufs = [cl.Buffer(ctx, mf_.READ_ONLY | mf_.COPY_HOST_PTR, hostbuf=a) for a in (p.q, p.k, p.v, mb, mf)]
@@ -228,7 +229,6 @@ def run_on_cpu(p: AttentionProblem, cfg: KernelConfig) -> tuple[np.ndarray, np.n
     out_buf = cl.Buffer(ctx, mf_.WRITE_ONLY, out.nbytes)
     lse_buf = cl.Buffer(ctx, mf_.WRITE_ONLY, lse.nbytes)
     grid = cfg.grid(p.batch, p.heads_q, p.len_q)
-    kernel = getattr(prog, cfg.function)
     kernel(queue, (grid[0] * cfg.threads, grid[1], grid[2]), (cfg.threads, 1, 1), *bufs, out_buf, lse_buf,
            np.int32(p.heads_q), np.int32(p.heads_kv), np.int32(p.len_q), np.int32(p.len_k), np.float32(p.scale),
            np.int32(p.causal), np.int32(kind), *(np.int64(s) for s in strides))
@@ -267,8 +267,11 @@ class CudaOnCpuBackend(Backend):
 
     def extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None, causal=False,
                     mask_shape=None, kernel="v3", **options) -> int:
-        # device copies of q, k, v (and a float32 mask), as OpenCL buffers outside NumPy's view
-        return 0
+        # the OpenCL device's copies of q, k, v, the mask (up to 4 bytes an element) and out + lse
+        q = shape.batch * shape.heads_q * shape.len_q * shape.head_dim
+        kv = 2 * shape.batch * shape.heads_kv * shape.len_k * shape.head_dim
+        mask = 4 * int(np.prod(mask_shape)) if mask_shape is not None else 0
+        return 4 * (2 * q + kv + shape.batch * shape.heads_q * shape.len_q) + mask
 
     def forward(self, problem, block_q=None, block_k=None, kernel="v3"):
         _check_kernel_option(kernel, None, allow_v4=False)
@@ -319,34 +322,82 @@ def _gpu_function(cfg: KernelConfig, arch: str):
     return mod, mod.get_function(cfg.function)
 
 
+class GpuLaunch:
+    """A problem uploaded to the GPU once, ready to launch ``cfg`` many times (for timing) and read back.
+
+    ``launch()`` queues the kernel; ``time(repeats)`` returns milliseconds per launch measured with CUDA events;
+    ``result()`` waits and copies ``(out, lse)`` back. Device memory is freed with the object."""
+
+    def __init__(self, p: AttentionProblem, cfg: KernelConfig, precision: str | None = None):
+        self.drv = drv = _import_driver()
+        self.dev, self.ctx = _device_context()
+        self.cfg, self.shape = cfg, p.q.shape
+        self.ctx.push()
+        try:
+            major, minor = self.dev.compute_capability()
+            if cfg.version == "v4" and major < 8:
+                raise RuntimeError(f"kernel v4 needs sm_80 or newer; {self.dev.name()} is sm_{major}{minor}")
+            _, self.fn = _gpu_function(cfg, f"sm_{major}{minor}")
+            kind, mb, mf, strides = mask_arguments(p)
+            if cfg.version == "v4":
+                conv = to_bf16_bits if precision == "bf16" else (lambda a: a.astype(np.float16))
+                inputs = [conv(a) for a in (p.q, p.k, p.v)]
+            else:
+                inputs = [p.q, p.k, p.v]
+            self.buffers = [drv.to_device(np.ascontiguousarray(a)) for a in (*inputs, mb, mf)]
+            self.out_gpu = drv.mem_alloc(int(np.prod(p.q.shape)) * 4)
+            self.lse_gpu = drv.mem_alloc(int(np.prod(p.q.shape[:3])) * 4)
+            self.args = [*self.buffers, self.out_gpu, self.lse_gpu, np.int32(p.heads_q), np.int32(p.heads_kv),
+                         np.int32(p.len_q), np.int32(p.len_k), np.float32(p.scale), np.int32(p.causal),
+                         np.int32(kind), *(np.int64(s) for s in strides)]
+            if cfg.version == "v4":
+                self.args.append(np.int32(precision == "bf16"))
+            self.grid = cfg.grid(p.batch, p.heads_q, p.len_q)
+        finally:
+            self.ctx.pop()
+
+    def launch(self) -> None:
+        self.ctx.push()
+        try:
+            self.fn(*self.args, block=(self.cfg.threads, 1, 1), grid=self.grid)
+        finally:
+            self.ctx.pop()
+
+    def time(self, repeats: int = 10, warmup: int = 2) -> list[float]:
+        for _ in range(warmup):
+            self.launch()
+        self.ctx.push()
+        try:
+            times = []
+            for _ in range(repeats):
+                start, end = self.drv.Event(), self.drv.Event()
+                start.record()
+                self.fn(*self.args, block=(self.cfg.threads, 1, 1), grid=self.grid)
+                end.record()
+                end.synchronize()
+                times.append(start.time_till(end))
+            return times
+        finally:
+            self.ctx.pop()
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        self.ctx.push()
+        try:
+            self.ctx.synchronize()
+            out = np.empty(self.shape, np.float32)
+            lse = np.empty(self.shape[:3], np.float32)
+            self.drv.memcpy_dtoh(out, self.out_gpu)
+            self.drv.memcpy_dtoh(lse, self.lse_gpu)
+            return out, lse
+        finally:
+            self.ctx.pop()
+
+
 def run_on_gpu(p: AttentionProblem, cfg: KernelConfig, precision: str | None = None):
-    """Copy the problem to the GPU, launch ``cfg``, copy out and lse back."""
-    drv = _import_driver()
-    dev, ctx = _device_context()
-    ctx.push()
-    try:
-        major, minor = dev.compute_capability()
-        if cfg.version == "v4" and major < 8:
-            raise RuntimeError(f"kernel v4 needs sm_80 or newer; {dev.name()} is sm_{major}{minor}")
-        _, fn = _gpu_function(cfg, f"sm_{major}{minor}")
-        kind, mb, mf, strides = mask_arguments(p)
-        if cfg.version == "v4":
-            conv = (lambda a: to_bf16_bits(a)) if precision == "bf16" else (lambda a: a.astype(np.float16))
-            q, k, v = (conv(a) for a in (p.q, p.k, p.v))
-        else:
-            q, k, v = p.q, p.k, p.v
-        out = np.empty(p.q.shape, np.float32)
-        lse = np.empty(p.q.shape[:3], np.float32)
-        args = [drv.In(q), drv.In(k), drv.In(v), drv.In(mb), drv.In(mf), drv.Out(out), drv.Out(lse),
-                np.int32(p.heads_q), np.int32(p.heads_kv), np.int32(p.len_q), np.int32(p.len_k),
-                np.float32(p.scale), np.int32(p.causal), np.int32(kind), *(np.int64(s) for s in strides)]
-        if cfg.version == "v4":
-            args.append(np.int32(precision == "bf16"))
-        fn(*args, block=(cfg.threads, 1, 1), grid=cfg.grid(p.batch, p.heads_q, p.len_q))
-        ctx.synchronize()
-    finally:
-        ctx.pop()
-    return out, lse
+    """Upload, launch ``cfg`` once, and read ``(out, lse)`` back."""
+    run = GpuLaunch(p, cfg, precision)
+    run.launch()
+    return run.result()
 
 
 class CudaBackend(Backend):

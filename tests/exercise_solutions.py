@@ -47,4 +47,9 @@ def c_dot(a, b):
     return lib.my_dot(ffi.from_buffer("float[]", a), ffi.from_buffer("float[]", b), len(a))
 
 
-SOLUTIONS = {f.__name__: f for f in (score_matrix_bytes, attention_2d, merge_states, tile_update, c_dot)}
+def v2_shared_bytes(D, block_q, block_k):
+    return 4 * (block_q * (D + 1) + block_k * (D + 1) + block_k * D + block_q * (block_k + 1))
+
+
+SOLUTIONS = {f.__name__: f for f in (score_matrix_bytes, attention_2d, merge_states, tile_update, c_dot,
+                                     v2_shared_bytes)}

@@ -35,10 +35,13 @@ print(info_report())
 # | 1 | `chordlab/step1_reference.py` | the textbook O(N²) passes, the ground truth |
 # | 2 | `chordlab/step2_online_softmax.py` | softmax in one streaming pass, mergeable partial states |
 # | 3 | `chordlab/step3_tiled.py` | FlashAttention in NumPy: tiles + online softmax, O(N) memory |
+# | 4 | `chordlab/step4_simd.py`, `csrc/` | the same in C: SIMD micro-kernels per instruction set |
+# | 5 | `chordlab/step5_cuda.py`, `cuda/` | CUDA kernels v1-v4 (on a GPU; v1-v3 also on the CPU) |
 #
-# Later chapters add SIMD C kernels, CUDA kernels and WebGPU kernels behind the same interface.
+# Which of them can run depends on the machine (a C compiler, an NVIDIA GPU, ...); each says why not:
 
 # %%
+# NBVAL_IGNORE_OUTPUT
 for row in chordlab.backends():
     print(f"{row.name:<10} available={row.available}  {row.summary}")
 
