@@ -13,7 +13,7 @@ export MPLBACKEND := Agg
 INLINE := MPLBACKEND=module://matplotlib_inline.backend_inline
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: setup lab test gpu-test lint unit nbval notebooks clean system-deps
+.PHONY: setup lab test test-browser docs-images gpu-test lint unit nbval notebooks clean system-deps
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h csrc/*.inc csrc/*.py)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ test: $(STAMP)  ## system parts, PyCUDA, lint, unit tests, and every notebook un
 	scripts/system-deps.sh
 	scripts/install-pycuda.sh $(BIN)/python
 	$(MAKE) --no-print-directory lint unit nbval
+
+test-browser: $(STAMP)  ## chapter 06 in JupyterLab in a real chromium (Playwright); screenshots in build/browser
+	scripts/system-deps.sh browser
+	$(BIN)/python -m pytest -q -p no:cacheprovider browser_tests
+
+docs-images: test-browser  ## the README's screenshot and plot, regenerated
+	mkdir -p docs/images
+	cp build/browser/tuning_panel.png docs/images/tuning_panel.png
+	$(BIN)/python scripts/make_doc_images.py docs/images
 
 gpu-test: $(STAMP)  ## on a machine with an NVIDIA GPU: the GPU tests and the CUDA benchmark
 	scripts/install-pycuda.sh $(BIN)/python

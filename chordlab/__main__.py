@@ -43,9 +43,38 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chordlab", description="chordlab workbench")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("info", help="version, backends, CPU features, compilers, CUDA and GPUs")
+    tune = sub.add_parser("tune", help="sweep block sizes for a backend and remember the best on this machine")
+    tune.add_argument("--backend", default="simd")
+    tune.add_argument("--seq-len", type=int, default=1024)
+    tune.add_argument("--head-dim", type=int, default=64)
+    tune.add_argument("--heads", type=int, default=8)
+    tune.add_argument("--causal", action="store_true")
+    tune.add_argument("--force", action="store_true", help="tune again even when a cached result exists")
+    demo = sub.add_parser("demo", help="the seed's demo (batch 1, 8 heads, seq 512, head dim 64), measured here")
+    demo.add_argument("--seq-len", type=int, default=512)
     args = parser.parse_args(argv)
     if args.command == "info":
         print(info_report())
+        return 0
+    if args.command == "tune":
+        from .tuning import autotune, cache_file, sweep
+
+        shape = (1, args.heads, args.seq_len, args.head_dim)
+        try:
+            table = sweep(args.backend, shape, causal=args.causal)
+            print(table)
+            result = autotune(args.backend, shape, causal=args.causal, force=args.force, progress=False)
+        except (ValueError, RuntimeError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        source = "cached" if result.from_cache else "tuned"
+        print(f"best for {args.backend}: block_q={result.block_q} block_k={result.block_k} "
+              f"({result.gflops:.1f} GFLOP/s, {source}; saved in {cache_file()})")
+        return 0
+    if args.command == "demo":
+        from .demo import seed_demo
+
+        print(seed_demo(seq_len=args.seq_len))
         return 0
     parser.print_help()
     return 1

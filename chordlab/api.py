@@ -42,16 +42,17 @@ def _why_not(b: Backend, p: AttentionProblem, blocks_given: bool, block_q, block
     return None
 
 
-def explain_auto(problem: AttentionProblem, block_q=None, block_k=None, **options
-                 ) -> list[tuple[str, str | None]]:
+def explain_auto(problem: AttentionProblem, block_q=None, block_k=None, *, needs_blocks: bool = False,
+                 **options) -> list[tuple[str, str | None]]:
     """``[(backend name, reason it was passed over or None), ...]`` in the order ``auto`` tries them."""
-    given = block_q is not None or block_k is not None
+    given = needs_blocks or block_q is not None or block_k is not None
     return [(n, _why_not(_REGISTRY[n], problem, given, block_q, block_k, options)) for n in backend_names()]
 
 
-def choose_backend(problem: AttentionProblem, block_q=None, block_k=None, **options) -> Backend:
+def choose_backend(problem: AttentionProblem, block_q=None, block_k=None, *, needs_blocks: bool = False,
+                   **options) -> Backend:
     """The backend ``"auto"`` takes for this problem (see the module docstring for the rule)."""
-    reasons = explain_auto(problem, block_q, block_k, **options)
+    reasons = explain_auto(problem, block_q, block_k, needs_blocks=needs_blocks, **options)
     for name, why in reasons:
         if why is None:
             return _REGISTRY[name]
@@ -73,7 +74,8 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, backend="auto", b
             with a KV cache: query ``i`` sees keys ``j <= i + (Lk - Lq)``, so the last query sees every key.
         scale: multiplies the scores; default ``1 / sqrt(D)``.
         backend: a name from `chordlab.backends()` or ``"auto"``.
-        block_q, block_k: tile sizes for backends that tile (``tiled``, SIMD C, CUDA, ...).
+        block_q, block_k: tile sizes for backends that tile (``tiled``, SIMD C, CUDA, ...); ``"auto"`` takes
+            the best measured on this machine (`chordlab.tuning.autotune`: cached, or tuned on first use).
         return_lse: also return the row log-sum-exp ``log Σ_j exp(s_ij)``, ``[B, Hq, Lq]``.
         **options: backend-specific, e.g. ``isa="avx2"`` and ``threads=2`` for ``simd``
             (a backend rejects options it does not know with a TypeError).
@@ -87,10 +89,11 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, backend="auto", b
         `chordlab.MemoryBudgetError` before allocating when the request would exceed the memory limit.
     """
     p = prepare(q, k, v, mask=mask, causal=causal, scale=scale)
-    block_q = check_block_size("block_q", block_q)
-    block_k = check_block_size("block_k", block_k)
+    tune_q, tune_k = isinstance(block_q, str) and block_q == "auto", isinstance(block_k, str) and block_k == "auto"
+    block_q = None if tune_q else check_block_size("block_q", block_q)
+    block_k = None if tune_k else check_block_size("block_k", block_k)
     if backend == "auto":
-        b = choose_backend(p, block_q, block_k, **options)
+        b = choose_backend(p, block_q, block_k, needs_blocks=tune_q or tune_k, **options)
     else:
         b = get_backend(backend)
         a = b.available()
@@ -99,9 +102,15 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, backend="auto", b
         s = b.supports(p)
         if not s:
             raise TypeError(s.reason)
-        if (block_q is not None or block_k is not None) and not b.takes_block_sizes:
+        if (block_q is not None or block_k is not None or tune_q or tune_k) and not b.takes_block_sizes:
             raise ValueError(f"backend {b.name!r} takes no block sizes; leave block_q and block_k as None")
         b.check_options(options)
+    if (tune_q or tune_k) and p.q.size and p.len_k:
+        from .tuning import autotune
+
+        tuned = autotune(b.name, p.shape, causal=p.causal, dtype=p.dtype, progress=False, **options)
+        block_q = tuned.block_q if tune_q else block_q
+        block_k = tuned.block_k if tune_k else block_k
 
     if p.q.size == 0 or p.len_k == 0:
         out, lse = p.empty_result()

@@ -129,6 +129,22 @@ def _cases_v2_shared_bytes():
             for D, bq, bk in [(64, 64, 32), (128, 32, 16), (80, 16, 8)]]
 
 
+def _cases_working_set():
+    from .tuning import working_set_bytes
+
+    return [_Case(f"block_q={bq} block_k={bk} D={D}", (bq, bk, D), working_set_bytes(bq, bk, D, 4),
+                  "float32 tiles: Q (block_q x D), K and V (block_k x D each), scores (block_q x block_k) and the "
+                  "output accumulator (block_q x D); 4 bytes each", rtol=0, atol=0)
+            for bq, bk, D in [(64, 128, 64), (16, 16, 128), (128, 32, 80)]]
+
+
+def _cases_mha_params():
+    return [_Case(f"d_model={d} heads={h} kv_heads={kv}", (d, h, kv), 2 * d * d + 2 * d * kv * (d // h),
+                  "W_q and W_o are d_model x d_model; W_k and W_v are d_model x (kv_heads * head_dim), "
+                  "head_dim = d_model // heads", rtol=0, atol=0)
+            for d, h, kv in [(512, 8, 8), (512, 8, 2), (4096, 32, 1)]]
+
+
 _EXERCISES = {
     "score_matrix_bytes": _cases_score_matrix_bytes,
     "attention_2d": _cases_attention_2d,
@@ -136,6 +152,8 @@ _EXERCISES = {
     "tile_update": _cases_tile_update,
     "c_dot": _cases_c_dot,
     "v2_shared_bytes": _cases_v2_shared_bytes,
+    "working_set": _cases_working_set,
+    "mha_params": _cases_mha_params,
 }
 
 

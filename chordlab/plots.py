@@ -157,3 +157,156 @@ def plot_chunk_error(errors: list[tuple[int, float]], eps: float = _FLOAT32_EPS)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------------------------ tuning plots
+
+def plot_sweep_heatmap(table, highlight=None, ax=None):
+    """GFLOP/s of every (block_q, block_k) of a `tuning.SweepTable`; the best cell boxed in black,
+    ``highlight=(block_q, block_k)`` boxed in red; skipped pairs left blank."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    qs, ks, g = table.grid()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 4.6))
+    else:
+        fig = ax.figure
+    im = ax.imshow(g, cmap="viridis", origin="lower", aspect="auto")
+    ax.set_xticks(range(len(ks)), [str(k) for k in ks])
+    ax.set_yticks(range(len(qs)), [str(q) for q in qs])
+    ax.set_xlabel("block_k")
+    ax.set_ylabel("block_q")
+    for (i, j), val in np.ndenumerate(g):
+        if np.isfinite(val):
+            ax.text(j, i, f"{val:.0f}", ha="center", va="center", fontsize=8,
+                    color="white" if val < np.nanmax(g) * 0.7 else "black")
+    best = table.best
+    ax.add_patch(Rectangle((ks.index(best.block_k) - 0.5, qs.index(best.block_q) - 0.5), 1, 1, fill=False,
+                           edgecolor="black", lw=2.5))
+    if highlight is not None and highlight[0] in qs and highlight[1] in ks:
+        ax.add_patch(Rectangle((ks.index(highlight[1]) - 0.5, qs.index(highlight[0]) - 0.5), 1, 1, fill=False,
+                               edgecolor="red", lw=2, ls="--"))
+    s = table.shape
+    ax.set_title(f"{table.backend}: GFLOP/s, L={s.len_q}, D={s.head_dim}, {table.threads} thread(s)", fontsize=10)
+    fig.colorbar(im, ax=ax, label="GFLOP/s")
+    return fig
+
+
+def plot_cache_bar(working_set: int, caches, ax=None):
+    """One horizontal bar: the tile working set against the L1/L2/L3 sizes (log scale)."""
+    import matplotlib.pyplot as plt
+
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(6, 1.6))
+    else:
+        fig = ax.figure
+    ax.barh([0], [working_set], color="C1", height=0.5, label="tile working set")
+    for i, (name, size) in enumerate(sorted(caches.sizes.items())):
+        ax.axvline(size, color=f"C{i + 2}", ls="--")
+        ax.text(size, 0.35, f" {name} {_short_bytes(size)}", fontsize=8, color=f"C{i + 2}")
+    ax.set_xscale("log", base=2)
+    ax.set_yticks([])
+    ax.set_xlim(1024, max(caches.sizes.values()) * 2)
+    ax.set_xlabel(f"tile working set {_short_bytes(working_set)}: fits in {caches.level(working_set)}", fontsize=9)
+    if own:
+        fig.tight_layout()
+    return fig
+
+
+@dataclass(frozen=True)
+class SpeedRow:
+    seq_len: int
+    name: str
+    median_s: float
+    gflops: float
+    vs_reference: float
+
+
+def speedup_table(backends, seq_lens, *, heads=8, head_dim=64, causal=False, repeats=3, threads=None,
+                  include_torch=True, seed=0) -> list[SpeedRow]:
+    """Time each backend (and torch's CPU SDPA when installed) side by side, interleaved, per length; the
+    ratio is against the NumPy reference measured in the same rounds."""
+    from .sysinfo import usable_cores
+    from .timing import pinned_threads, time_interleaved
+    from .validation import ProblemShape
+
+    threads = threads or usable_cores()
+    r = np.random.default_rng(seed)
+    torch = None
+    if include_torch:
+        try:
+            import torch
+            import torch.nn.functional as F
+        except ImportError:
+            torch = None
+    def contenders(q, k, v):
+        fns = {"reference": lambda: attention(q, k, v, causal=causal, backend="reference")}
+        for b in backends:
+            if b != "reference":
+                kw = {"threads": threads} if b == "simd" else {}
+                fns[b] = (lambda b=b, kw=kw: attention(q, k, v, causal=causal, backend=b, **kw))
+        if torch is not None:
+            tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+            fns["torch sdpa"] = lambda: F.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
+        return fns
+
+    rows = []
+    with pinned_threads(threads):
+        for L in seq_lens:
+            q, k, v = (r.standard_normal((1, heads, L, head_dim)).astype(np.float32) for _ in range(3))
+            t = time_interleaved(contenders(q, k, v), repeats=repeats)
+            flops = ProblemShape.of(q.shape, k.shape).flops(causal)
+            ref = t["reference"].median
+            rows += [SpeedRow(L, n, x.median, x.gflops(flops), ref / x.median) for n, x in t.items()]
+    return rows
+
+
+def plot_speedup(rows: list[SpeedRow], title="Speed-up over the NumPy reference (measured side by side)"):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, name in enumerate(dict.fromkeys(r.name for r in rows)):
+        pts = sorted((r.seq_len, r.vs_reference) for r in rows if r.name == name)
+        ax.plot(*zip(*pts, strict=True), "o-", color=f"C{i}", label=name)
+    ax.axhline(1, color="gray", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("sequence length N")
+    ax.set_ylabel("speed-up over reference")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def measure_matmul_peak(threads=None, n=1024, repeats=5) -> float:
+    """This machine's float32 matmul rate (NumPy's BLAS, GFLOP/s) at ``threads``: the practical ceiling."""
+    from .sysinfo import usable_cores
+    from .timing import pinned_threads, time_interleaved
+
+    r = np.random.default_rng(0)
+    a, b = r.standard_normal((n, n), dtype=np.float32), r.standard_normal((n, n), dtype=np.float32)
+    with pinned_threads(threads or usable_cores()):
+        t = time_interleaved({"mm": lambda: a @ b}, repeats=repeats)["mm"]
+    return 2 * n**3 / t.median / 1e9
+
+
+def plot_roofline(gflops: dict, peak: float, title="How far from the limit"):
+    """Bars of attained GFLOP/s per implementation against the measured matmul peak."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(gflops) + 1.4))
+    names = list(gflops)
+    ax.barh(names, [gflops[n] for n in names], color="C0")
+    ax.axvline(peak, color="red", ls="--", label=f"matmul peak {peak:.0f} GFLOP/s")
+    for i, n in enumerate(names):
+        ax.text(gflops[n], i, f" {100 * gflops[n] / peak:.0f}%", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("GFLOP/s")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -150,7 +150,7 @@ def check_block_size(name: str, value) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int or None, got {value!r}")
+        raise TypeError(f"{name} must be a positive int, 'auto' or None, got {value!r}")
     if value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value}")
     return int(value)

@@ -2,11 +2,17 @@
 # Optional system parts some tests need. `make test` runs this first: as root it installs what is missing
 # with apt; otherwise it says what to install, and the tests that need it skip with the same message
 # (in CI, where we are root, they never skip: a missing tool fails the test).
+#   scripts/system-deps.sh            the aarch64 cross compiler and qemu (NEON tests)
+#   scripts/system-deps.sh browser    chromium and a font (make test-browser)
 set -u
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
-have aarch64-linux-gnu-gcc || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)  # NEON build
-have qemu-aarch64 || need+=(qemu-user)                                           # ...run under qemu
+if [ "${1:-}" = browser ]; then
+  have chromium || need+=(chromium fonts-dejavu-core)
+else
+  have aarch64-linux-gnu-gcc || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)  # NEON build
+  have qemu-aarch64 || need+=(qemu-user)                                           # ...run under qemu
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && have apt-get; then
   echo "system-deps: installing ${need[*]}"

@@ -51,5 +51,14 @@ def v2_shared_bytes(D, block_q, block_k):
     return 4 * (block_q * (D + 1) + block_k * (D + 1) + block_k * D + block_q * (block_k + 1))
 
 
+def working_set(block_q, block_k, D):
+    return 4 * (block_q * D + 2 * block_k * D + block_q * block_k + block_q * D)
+
+
+def mha_params(d_model, heads, kv_heads):
+    head_dim = d_model // heads
+    return 2 * d_model * d_model + 2 * d_model * kv_heads * head_dim
+
+
 SOLUTIONS = {f.__name__: f for f in (score_matrix_bytes, attention_2d, merge_states, tile_update, c_dot,
-                                     v2_shared_bytes)}
+                                     v2_shared_bytes, working_set, mha_params)}
