@@ -7,11 +7,12 @@ The kernel progression, one idea per step (each module's header says what it add
     step3_tiled           FlashAttention forward in NumPy, O(N) memory
     step4_simd            the same in C: SIMD micro-kernels per ISA, runtime dispatch, threads
     step5_cuda            CUDA kernels v1-v4 (PyCUDA on a GPU; v1-v3 also on the CPU through PoCL)
+    step8_webgpu          WGSL kernels w1-w3 through wgpu-py, on any GPU (or lavapipe on the CPU)
 
 Every step is a backend of one function, `attention(q, k, v, ..., backend=...)`; `backends()` lists them.
 """
 
-from . import step1_reference, step3_tiled, step4_simd, step5_cuda  # noqa: F401  (registers the backends)
+from . import step1_reference, step3_tiled, step4_simd, step5_cuda, step8_webgpu  # noqa: F401  (registers them)
 from .api import attention, choose_backend, explain_auto
 from .backends import Backend, backends, get_backend, register
 from .exercises import check

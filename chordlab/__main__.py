@@ -27,6 +27,11 @@ def info_report() -> str:
     lines.append("SIMD kernels (step 4)")
     lines += step4_simd.report()
     lines.append("")
+    from . import step8_webgpu
+
+    lines.append("WebGPU (step 8)")
+    lines += step8_webgpu.report()
+    lines.append("")
     lines.append("Compilers and tools")
     for name, path in sysinfo.compilers().items():
         lines.append(f"  {name:<22}{path or 'not found'}")

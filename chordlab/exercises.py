@@ -145,6 +145,14 @@ def _cases_mha_params():
             for d, h, kv in [(512, 8, 8), (512, 8, 2), (4096, 32, 1)]]
 
 
+def _cases_w2_workgroup_bytes():
+    from .step8_webgpu import workgroup_bytes
+
+    return [_Case(f"head dim {D}, block_k={bk}", (D, bk), workgroup_bytes("w2", D, 16, bk),
+                  "two var<workgroup> arrays of block_k x head_dim floats (the K and the V tile), 4 bytes each",
+                  rtol=0, atol=0) for D, bk in [(64, 32), (128, 16), (80, 8)]]
+
+
 _EXERCISES = {
     "score_matrix_bytes": _cases_score_matrix_bytes,
     "attention_2d": _cases_attention_2d,
@@ -154,6 +162,7 @@ _EXERCISES = {
     "v2_shared_bytes": _cases_v2_shared_bytes,
     "working_set": _cases_working_set,
     "mha_params": _cases_mha_params,
+    "w2_workgroup_bytes": _cases_w2_workgroup_bytes,
 }
 
 

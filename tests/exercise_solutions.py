@@ -60,5 +60,9 @@ def mha_params(d_model, heads, kv_heads):
     return 2 * d_model * d_model + 2 * d_model * kv_heads * head_dim
 
 
+def w2_workgroup_bytes(D, block_k):
+    return 2 * block_k * D * 4
+
+
 SOLUTIONS = {f.__name__: f for f in (score_matrix_bytes, attention_2d, merge_states, tile_update, c_dot,
-                                     v2_shared_bytes, working_set, mha_params)}
+                                     v2_shared_bytes, working_set, mha_params, w2_workgroup_bytes)}

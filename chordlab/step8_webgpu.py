@@ -1,0 +1,238 @@
+"""Step 8: WebGPU kernels (WGSL through wgpu-py), the GPU path every laptop has.
+
+    w1  one invocation per query row
+    w2  a workgroup per query tile; K/V tiles in var<workgroup> memory, workgroupBarrier()
+    w3  subgroups: subgroupMax / subgroupAdd reductions (needs the adapter's "subgroup" feature)
+
+wgpu-py reaches Metal, Vulkan or D3D12, and on a machine with no GPU Mesa's lavapipe (a CPU Vulkan driver),
+so CI runs the real kernels. The head dim and tile sizes are substituted into the WGSL when a pipeline is
+created (one pipeline per kernel, head dim and tiles, cached); a tile that does not fit the adapter's
+workgroup memory or invocation limits is refused with both numbers.
+
+Run it: ``chordlab.attention(q, k, v, backend="webgpu", kernel="w2", block_q=16, block_k=32)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import string
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backends import Availability, Backend, register
+from .validation import AttentionProblem, ProblemShape
+
+WGSL_DIR = Path(__file__).resolve().parent.parent / "webgpu"
+KERNELS = ("w1", "w2", "w3")
+MAX_HEAD_DIM = 256
+HIDDEN = np.float32(-3.0e38)  # the shaders' finite stand-in for a hidden score (WGSL may assume no inf)
+
+
+@dataclass(frozen=True)
+class WgslConfig:
+    kernel: str
+    head_dim: int
+    block_q: int
+    block_k: int
+    workgroup_size: int
+    workgroup_bytes: int
+
+    def source(self) -> str:
+        consts = dict(HEAD_DIM=f"{self.head_dim}u", BLOCK_Q=f"{self.block_q}u", BLOCK_K=f"{self.block_k}u",
+                      WG=f"{self.workgroup_size}u")
+        text = (WGSL_DIR / "common.wgsl").read_text() + (WGSL_DIR / f"flash_{self.kernel}.wgsl").read_text()
+        return string.Template(text).substitute(consts)
+
+    def dispatch(self, batch: int, heads_q: int, len_q: int) -> tuple[int, int, int]:
+        return (math.ceil(len_q / self.block_q), heads_q, batch)
+
+
+def workgroup_bytes(kernel: str, head_dim: int, block_q: int, block_k: int) -> int:
+    if kernel == "w1":
+        return 0
+    if kernel == "w2":
+        return 4 * 2 * block_k * head_dim
+    return 4 * (block_q * head_dim + 2 * block_k * head_dim + 2 * block_k)
+
+
+def default_blocks(kernel: str) -> tuple[int, int]:
+    return {"w1": (64, 1), "w2": (16, 32), "w3": (8, 32)}[kernel]
+
+
+# ------------------------------------------------------------------------------------------------ device
+
+@dataclass
+class GpuDevice:
+    adapter: object
+    device: object
+    info: dict
+    limits: dict
+    subgroups: bool
+
+    def describe(self) -> str:
+        kind = self.info.get("adapter_type", "?")
+        name = self.info.get("device") or self.info.get("description") or "unknown adapter"
+        note = " (a CPU rasterizer: its timings are not GPU timings)" if str(kind).upper() == "CPU" else ""
+        return f"{name} via {self.info.get('backend_type', '?')}, adapter type {kind}{note}"
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_device() -> GpuDevice:
+    """One device for the process, with the adapter's own limits (not WebGPU's minimum defaults)."""
+    if not os.environ.get("XDG_RUNTIME_DIR"):  # silences a harmless GL warning on headless machines
+        runtime = Path(tempfile.gettempdir()) / f"chordlab-xdg-{os.getuid()}"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+    import wgpu
+
+    adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+    if adapter is None:
+        raise RuntimeError("no WebGPU adapter (install a GPU driver, or Mesa's lavapipe: mesa-vulkan-drivers)")
+    limits = dict(adapter.limits)
+    wanted = ("max-compute-workgroup-storage-size", "max-compute-invocations-per-workgroup",
+              "max-compute-workgroup-size-x", "max-storage-buffer-binding-size", "max-buffer-size")
+    subgroups = "subgroup" in adapter.features
+    device = adapter.request_device_sync(required_features=["subgroup"] if subgroups else [],
+                                         required_limits={k: limits[k] for k in wanted if k in limits})
+    return GpuDevice(adapter, device, dict(adapter.info), limits, subgroups)
+
+
+def wgsl_config(kernel: str, head_dim: int, block_q: int | None = None, block_k: int | None = None,
+                dev: GpuDevice | None = None) -> WgslConfig:
+    """Check a request against the kernel's rules and the adapter's limits; ValueError says what is wrong."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"the WebGPU kernels take head dims 1..{MAX_HEAD_DIM}, got {head_dim}")
+    dq, dk = default_blocks(kernel)
+    if kernel == "w1" and block_k is not None:
+        raise ValueError("kernel w1 has no key tiles: leave block_k as None (block_q = invocations per workgroup)")
+    bq, bk = block_q or dq, block_k or dk
+    wg = {"w1": bq, "w2": bq, "w3": bk}[kernel]
+    need = workgroup_bytes(kernel, head_dim, bq, bk)
+    if dev is not None:
+        if kernel == "w3" and not dev.subgroups:
+            raise ValueError("kernel w3 needs the adapter's 'subgroup' feature, which this adapter lacks; use w2")
+        max_inv = dev.limits.get("max-compute-invocations-per-workgroup", 256)
+        if wg > min(max_inv, dev.limits.get("max-compute-workgroup-size-x", 256)):
+            raise ValueError(f"kernel {kernel} with block_q={bq}, block_k={bk} needs {wg} invocations per "
+                             f"workgroup; this adapter allows {max_inv}")
+        max_bytes = dev.limits.get("max-compute-workgroup-storage-size", 16384)
+        if need > max_bytes:
+            raise ValueError(f"kernel {kernel} with block_q={bq}, block_k={bk}, head dim {head_dim} needs {need} "
+                             f"bytes of workgroup memory; this adapter allows {max_bytes}")
+    return WgslConfig(kernel, head_dim, bq, bk, wg, need)
+
+
+@functools.lru_cache(maxsize=64)
+def _pipeline(cfg: WgslConfig):
+    dev = gpu_device().device
+    module = dev.create_shader_module(code=cfg.source())
+    return dev.create_compute_pipeline(layout="auto", compute={"module": module, "entry_point": "main"})
+
+
+def _mask_buffer(p: AttentionProblem) -> tuple[int, np.ndarray, tuple[int, int, int, int]]:
+    """The mask as float32 with HIDDEN for hidden keys (bool False or additive -inf), and its strides."""
+    if p.mask is None:
+        return 0, np.zeros(4, np.float32), (0, 0, 0, 0)
+    m = p.mask
+    add = np.where(m, np.float32(0), HIDDEN) if m.dtype == np.bool_ else np.maximum(m.astype(np.float32), HIDDEN)
+    add = np.ascontiguousarray(add, dtype=np.float32)
+    strides = tuple(s // 4 if n > 1 else 0 for s, n in zip(add.strides, add.shape, strict=True))
+    return 1, add, strides
+
+
+def run_webgpu(p: AttentionProblem, cfg: WgslConfig) -> tuple[np.ndarray, np.ndarray]:
+    import wgpu
+
+    gd = gpu_device()
+    dev = gd.device
+    limit = gd.limits.get("max-storage-buffer-binding-size", 128 * 2**20)
+    biggest = max(p.q.nbytes, p.k.nbytes)
+    if biggest > limit:
+        raise ValueError(f"an input of {biggest} bytes exceeds this adapter's storage-buffer limit of {limit} bytes")
+    pipeline = _pipeline(cfg)
+    kind, mask, strides = _mask_buffer(p)
+    params = np.array([p.heads_q, p.heads_kv, p.len_q, p.len_k, 0, int(p.causal), kind, 0, *strides], dtype=np.uint32)
+    params[4] = np.float32(p.scale).view(np.uint32)
+    storage, usage = wgpu.BufferUsage.STORAGE, wgpu.BufferUsage
+    bufs = [dev.create_buffer_with_data(data=np.ascontiguousarray(a, dtype=np.float32), usage=storage)
+            for a in (p.q, p.k, p.v, mask)]
+    out_buf = dev.create_buffer(size=p.q.nbytes, usage=storage | usage.COPY_SRC)
+    stats_buf = dev.create_buffer(size=p.q.shape[0] * p.heads_q * p.len_q * 2 * 4, usage=storage | usage.COPY_SRC)
+    param_buf = dev.create_buffer_with_data(data=params, usage=usage.UNIFORM)
+    entries = [{"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}}
+               for i, b in enumerate([*bufs, out_buf, stats_buf, param_buf])]
+    group = dev.create_bind_group(layout=pipeline.get_bind_group_layout(0), entries=entries)
+    encoder = dev.create_command_encoder()
+    cpass = encoder.begin_compute_pass()
+    cpass.set_pipeline(pipeline)
+    cpass.set_bind_group(0, group)
+    cpass.dispatch_workgroups(*cfg.dispatch(p.batch, p.heads_q, p.len_q))
+    cpass.end()
+    dev.queue.submit([encoder.finish()])
+    out = np.frombuffer(dev.queue.read_buffer(out_buf), dtype=np.float32).reshape(p.q.shape).copy()
+    stats = np.frombuffer(dev.queue.read_buffer(stats_buf), dtype=np.float32).reshape(*p.q.shape[:3], 2)
+    m, l = stats[..., 0], stats[..., 1]
+    with np.errstate(divide="ignore"):
+        lse = np.where(l > 0, m + np.log(np.where(l > 0, l, 1)), -np.inf).astype(np.float32)
+    return out, lse
+
+
+def report() -> list[str]:
+    """Lines for ``python -m chordlab info``."""
+    a = WebGpuBackend().available()
+    if not a:
+        return [f"  not available: {a.reason}"]
+    gd = gpu_device()
+    return [f"  adapter   {gd.describe()}",
+            f"  limits    workgroup memory {gd.limits.get('max-compute-workgroup-storage-size')} bytes, "
+            f"{gd.limits.get('max-compute-invocations-per-workgroup')} invocations; "
+            f"subgroups: {'yes' if gd.subgroups else 'no (kernel w3 unavailable)'}"]
+
+
+class WebGpuBackend(Backend):
+    name = "webgpu"
+    summary = "WGSL kernels w1-w3 through wgpu-py (Metal/Vulkan/D3D12, or lavapipe on the CPU)"
+    takes_block_sizes = True
+    dtypes = (np.dtype(np.float32),)
+    auto_priority = 150  # lavapipe is slow; a laptop GPU may not beat the SIMD kernels either
+    options = ("kernel",)
+
+    def available(self) -> Availability:
+        try:
+            import wgpu  # noqa: F401
+        except ImportError:
+            return Availability(False, "wgpu is not installed: pip install wgpu")
+        try:
+            gpu_device()
+        except Exception as exc:  # wgpu raises several kinds when no adapter or driver exists
+            return Availability(False, f"no WebGPU adapter: {exc}")
+        return Availability(True)
+
+    def supports(self, problem: AttentionProblem) -> Availability:
+        base = super().supports(problem)
+        if not base:
+            return Availability(False, base.reason + "; cast the inputs with .astype(np.float32)")
+        if problem.head_dim > MAX_HEAD_DIM:
+            return Availability(False, f"the WebGPU kernels take head dims up to {MAX_HEAD_DIM}")
+        return Availability(True)
+
+    def extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None, causal=False,
+                    mask_shape=None, kernel="w2", **options) -> int:
+        # the adapter's copies of q, k, v, the mask (float32), out and the (m, l) statistics
+        q = shape.batch * shape.heads_q * shape.len_q * shape.head_dim
+        kv = 2 * shape.batch * shape.heads_kv * shape.len_k * shape.head_dim
+        mask = 4 * int(np.prod(mask_shape)) if mask_shape is not None else 16
+        return 4 * (2 * q + kv + 2 * shape.batch * shape.heads_q * shape.len_q) + mask
+
+    def forward(self, problem, block_q=None, block_k=None, kernel="w2"):
+        return run_webgpu(problem, wgsl_config(kernel, problem.head_dim, block_q, block_k, gpu_device()))
+
+
+register(WebGpuBackend())

@@ -1,0 +1,106 @@
+"""Step 8: the WGSL kernels, run for real through wgpu-py (on this machine: Mesa's lavapipe on the CPU),
+against the NumPy reference; tile limits; the subgroup fallback; the adapter in `info`."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import TOL
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import chordlab
+from chordlab import step8_webgpu as w
+
+F32 = TOL[np.dtype(np.float32)]
+_avail = chordlab.get_backend("webgpu").available()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def need_webgpu():
+    if not _avail:
+        msg = (f"webgpu: {_avail.reason}; install Mesa's lavapipe (sudo apt-get install mesa-vulkan-drivers "
+               "libvulkan1) and pip install wgpu")
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+@st.composite
+def webgpu_problems(draw):
+    kernel = draw(st.sampled_from(w.KERNELS))
+    D = draw(st.sampled_from([1, 5, 16, 32, 64, 80]))
+    Lq, Lk = draw(st.integers(1, 48)), draw(st.integers(1, 48))
+    B, Hkv, G = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.sampled_from([1, 2]))
+    r = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    q = r.standard_normal((B, Hkv * G, Lq, D)).astype(np.float32)
+    k = r.standard_normal((B, Hkv, Lk, D)).astype(np.float32)
+    v = r.standard_normal((B, Hkv, Lk, D)).astype(np.float32)
+    layout = draw(st.sampled_from(["none", "LqLk", "B1LqLk", "BHLqLk", "additive"]))
+    mask = None
+    if layout != "none":
+        shape = {"LqLk": (Lq, Lk), "B1LqLk": (B, 1, Lq, Lk), "BHLqLk": (B, Hkv * G, Lq, Lk),
+                 "additive": (B, 1, Lq, Lk)}[layout]
+        keep = r.random(shape) < draw(st.sampled_from([0.1, 0.7, 1.0]))
+        mask = np.where(keep, r.standard_normal(shape), -np.inf).astype(np.float32) if layout == "additive" else keep
+    if kernel == "w1":
+        blocks = (draw(st.sampled_from([None, 8, 64])), None)
+    elif kernel == "w2":
+        blocks = (draw(st.sampled_from([None, 4, 16])), draw(st.sampled_from([None, 8, 16])))
+    else:
+        blocks = (draw(st.sampled_from([None, 1, 4])), draw(st.sampled_from([None, 8, 16, 32])))
+    return kernel, q, k, v, mask, draw(st.booleans()), blocks
+
+
+@settings(max_examples=30)
+@given(webgpu_problems())
+def test_wgsl_kernels_match_the_reference(prob):
+    kernel, q, k, v, mask, causal, (bq, bk) = prob
+    want, want_lse = chordlab.attention(*(a.astype(np.float64) for a in (q, k, v)), mask=mask, causal=causal,
+                                        backend="reference", return_lse=True)
+    out, lse = chordlab.attention(q, k, v, mask=mask, causal=causal, backend="webgpu", kernel=kernel,
+                                  block_q=bq, block_k=bk, return_lse=True)
+    np.testing.assert_allclose(out, want, **F32, err_msg=kernel)
+    np.testing.assert_allclose(lse, want_lse, **F32, err_msg=kernel)
+
+
+@pytest.mark.parametrize("kernel", w.KERNELS)
+def test_fully_masked_rows_and_causal_lq_gt_lk(kernel, rng):
+    q = rng.standard_normal((1, 2, 9, 16)).astype(np.float32)
+    k = rng.standard_normal((1, 2, 4, 16)).astype(np.float32)
+    mask = np.ones((9, 4), bool)
+    mask[7] = False
+    out, lse = chordlab.attention(q, k, k, causal=True, mask=mask, backend="webgpu", kernel=kernel,
+                                  return_lse=True)
+    assert not np.isnan(out).any()
+    assert np.all(out[:, :, [0, 1, 2, 3, 4, 7]] == 0) and np.all(np.isneginf(lse[:, :, [0, 1, 2, 3, 4, 7]]))
+    np.testing.assert_allclose(out, chordlab.attention(q, k, k, causal=True, mask=mask, backend="reference"), **F32)
+
+
+def test_tiles_that_do_not_fit_are_refused_with_both_numbers(rng):
+    q = rng.standard_normal((1, 1, 8, 128)).astype(np.float32)
+    limit = w.gpu_device().limits["max-compute-workgroup-storage-size"]
+    with pytest.raises(ValueError, match=rf"needs 131072 bytes of workgroup memory; this adapter allows {limit}"):
+        chordlab.attention(q, q, q, backend="webgpu", kernel="w2", block_k=128)
+    with pytest.raises(ValueError, match="invocations per workgroup; this adapter allows"):
+        chordlab.attention(q[..., :8], q[..., :8], q[..., :8], backend="webgpu", kernel="w2", block_q=4096)
+    with pytest.raises(ValueError, match="w1 has no key tiles"):
+        chordlab.attention(q, q, q, backend="webgpu", kernel="w1", block_k=8)
+    with pytest.raises(ValueError, match="unknown kernel 'w9'"):
+        chordlab.attention(q, q, q, backend="webgpu", kernel="w9")
+
+
+def test_w3_falls_back_clearly_without_subgroups():
+    dev = w.gpu_device()
+    no_subgroups = w.GpuDevice(dev.adapter, dev.device, dev.info, dev.limits, subgroups=False)
+    with pytest.raises(ValueError, match="lacks; use w2"):
+        w.wgsl_config("w3", 64, dev=no_subgroups)
+    assert w.wgsl_config("w2", 64, dev=no_subgroups).workgroup_bytes == 2 * 4 * 32 * 64
+
+
+def test_info_names_the_adapter():
+    r = subprocess.run([sys.executable, "-m", "chordlab", "info"], capture_output=True, text=True, check=True)
+    assert "WebGPU (step 8)" in r.stdout
+    assert w.gpu_device().info["device"] in r.stdout and "adapter type" in r.stdout

@@ -1,0 +1,53 @@
+// common.wgsl: what every WGSL kernel shares. chordlab prepends it to each kernel and fills in the
+// dollar-sign placeholders (head dim, tile sizes) when it creates the pipeline, so each (kernel, head dim, tiles)
+// compiles to its own pipeline.
+//
+// Conventions (the library's): q [B, Hq, Lq, D], k and v [B, Hkv, Lk, D], out [B, Hq, Lq, D], float32;
+// kv head = query head / (Hq / Hkv); causal: key j visible to query i iff j <= i + (Lk - Lq).
+// WGSL may assume there are no infinities, so "minus infinity" is spelled with finite sentinels: a hidden
+// mask entry arrives as HIDDEN (the host converts -inf and False to it), and NONE is the running max of a
+// row that has seen no key yet. The host turns (m, l) into lse, with -inf where l = 0.
+
+const HEAD_DIM: u32 = $HEAD_DIM;
+const NONE: f32 = -3.4e38;
+const HIDDEN: f32 = -3.0e38;
+
+struct Params {
+    heads_q: u32, heads_kv: u32, len_q: u32, len_k: u32,
+    scale: f32, causal: u32, mask_kind: u32, pad: u32,
+    msb: u32, msh: u32, msi: u32, msj: u32,
+};
+
+@group(0) @binding(0) var<storage, read> q: array<f32>;
+@group(0) @binding(1) var<storage, read> k: array<f32>;
+@group(0) @binding(2) var<storage, read> v: array<f32>;
+@group(0) @binding(3) var<storage, read> mask: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> stats: array<f32>;  // [B, Hq, Lq, 2]: running max m, sum l
+@group(0) @binding(6) var<uniform> P: Params;
+
+// The mask's contribution to score (i, j) of batch b, head h: 0, an additive value, or HIDDEN.
+fn mask_bias(b: u32, h: u32, i: u32, j: u32) -> f32 {
+    if (P.causal != 0u && i32(j) > i32(i) + i32(P.len_k) - i32(P.len_q)) {
+        return HIDDEN;
+    }
+    if (P.mask_kind == 0u) {
+        return 0.0;
+    }
+    return mask[b * P.msb + h * P.msh + i * P.msi + j * P.msj];
+}
+
+// The last key (exclusive) that any query row below row_end may see.
+fn key_stop(row_end: u32) -> u32 {
+    if (P.causal == 0u) {
+        return P.len_k;
+    }
+    let last = i32(min(row_end, P.len_q)) - 1;
+    let stop = last + i32(P.len_k) - i32(P.len_q) + 1;
+    return u32(clamp(stop, 0, i32(P.len_k)));
+}
+
+fn write_row(row: u32, m: f32, l: f32) {
+    stats[2u * row] = m;
+    stats[2u * row + 1u] = l;
+}
