@@ -41,6 +41,8 @@ class Backend(ABC):
     auto_priority: int = 100
     #: Backend-specific keyword options `attention` passes through (e.g. ``isa``, ``threads``).
     options: tuple[str, ...] = ()
+    #: The largest head dim the backend's kernels take (None: any).
+    max_head_dim: int | None = None
 
     def available(self) -> Availability:
         return Availability(True)
@@ -49,7 +51,11 @@ class Backend(ABC):
         """Whether this backend can run this particular problem (dtype, head dim, ...)."""
         if problem.dtype not in self.dtypes:
             names = ", ".join(str(d) for d in self.dtypes)
-            return Availability(False, f"backend {self.name!r} computes in {names}, not {problem.dtype}")
+            hint = "; cast the inputs with .astype(np.float32) or use backend='tiled'" if len(self.dtypes) == 1 else ""
+            return Availability(False, f"backend {self.name!r} computes in {names}, not {problem.dtype}{hint}")
+        if self.max_head_dim is not None and problem.head_dim > self.max_head_dim:
+            return Availability(False, f"backend {self.name!r} takes head dims up to {self.max_head_dim}, "
+                                       f"got {problem.head_dim}")
         return Availability(True)
 
     @abstractmethod

@@ -104,6 +104,15 @@ def check_fits(what: str, needed: int, suggestion: str) -> None:
         )
 
 
+def device_copy_bytes(shape, mask_shape=None) -> int:
+    """Bytes a device (OpenCL, WebGPU) holds for one float32 call: q, k, v, out, two floats per row (lse or
+    running max and sum) and the mask as float32. ``shape`` is a `validation.ProblemShape`."""
+    q = shape.batch * shape.heads_q * shape.len_q * shape.head_dim
+    kv = 2 * shape.batch * shape.heads_kv * shape.len_k * shape.head_dim
+    mask = 4 * int(np.prod(mask_shape)) if mask_shape is not None else 0
+    return 4 * (2 * q + kv + 2 * shape.batch * shape.heads_q * shape.len_q) + mask
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Predicted bytes of one call: ``output`` (out + lse) and ``extra`` (working memory)."""

@@ -300,12 +300,6 @@ class SimdBackend(Backend):
                 return Availability(False, f"${ISA_ENV}={forced}: {exc}")
         return Availability(True)
 
-    def supports(self, problem: AttentionProblem) -> Availability:
-        if problem.dtype != np.float32:
-            return Availability(False, f"backend 'simd' computes in float32, not {problem.dtype}; "
-                                       "cast the inputs with .astype(np.float32) or use backend='tiled'")
-        return Availability(True)
-
     def extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None, causal=False,
                     mask_shape=None, isa=None, threads=None, library=None, **options) -> int:
         bq, bk = self.resolve_blocks(block_q, block_k)

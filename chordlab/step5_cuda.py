@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import Availability, Backend, register
+from .memory import device_copy_bytes
 from .validation import AttentionProblem, ProblemShape
 
 CUDA_DIR = Path(__file__).resolve().parent.parent / "cuda"
@@ -245,6 +246,7 @@ class CudaOnCpuBackend(Backend):
     dtypes = (np.dtype(np.float32),)
     auto_priority = 200  # a correctness path, never the fast one
     options = ("kernel",)
+    max_head_dim = MAX_HEAD_DIM
 
     def available(self) -> Availability:
         try:
@@ -257,21 +259,9 @@ class CudaOnCpuBackend(Backend):
             return Availability(False, f"no OpenCL device ({exc}); pip install pocl-binary-distribution")
         return Availability(True)
 
-    def supports(self, problem: AttentionProblem) -> Availability:
-        base = super().supports(problem)
-        if not base:
-            return Availability(False, base.reason + "; cast the inputs with .astype(np.float32)")
-        if problem.head_dim > MAX_HEAD_DIM:
-            return Availability(False, f"the CUDA kernels take head dims up to {MAX_HEAD_DIM}")
-        return Availability(True)
-
     def extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None, causal=False,
                     mask_shape=None, kernel="v3", **options) -> int:
-        # the OpenCL device's copies of q, k, v, the mask (up to 4 bytes an element) and out + lse
-        q = shape.batch * shape.heads_q * shape.len_q * shape.head_dim
-        kv = 2 * shape.batch * shape.heads_kv * shape.len_k * shape.head_dim
-        mask = 4 * int(np.prod(mask_shape)) if mask_shape is not None else 0
-        return 4 * (2 * q + kv + shape.batch * shape.heads_q * shape.len_q) + mask
+        return device_copy_bytes(shape, mask_shape)  # the OpenCL device's copies, in host memory
 
     def forward(self, problem, block_q=None, block_k=None, kernel="v3"):
         _check_kernel_option(kernel, None, allow_v4=False)
@@ -407,6 +397,7 @@ class CudaBackend(Backend):
     dtypes = (np.dtype(np.float32),)
     auto_priority = 10
     options = ("kernel", "precision")
+    max_head_dim = MAX_HEAD_DIM
 
     def available(self) -> Availability:
         try:
@@ -414,14 +405,6 @@ class CudaBackend(Backend):
             _device_context()
         except (ImportError, RuntimeError) as exc:
             return Availability(False, str(exc))
-        return Availability(True)
-
-    def supports(self, problem: AttentionProblem) -> Availability:
-        base = super().supports(problem)
-        if not base:
-            return Availability(False, base.reason + "; cast the inputs with .astype(np.float32)")
-        if problem.head_dim > MAX_HEAD_DIM:
-            return Availability(False, f"the CUDA kernels take head dims up to {MAX_HEAD_DIM}")
         return Availability(True)
 
     def extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None, causal=False,

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import Availability, Backend, register
+from .memory import device_copy_bytes
 from .validation import AttentionProblem, ProblemShape
 
 WGSL_DIR = Path(__file__).resolve().parent.parent / "webgpu"
@@ -203,6 +204,7 @@ class WebGpuBackend(Backend):
     dtypes = (np.dtype(np.float32),)
     auto_priority = 150  # lavapipe is slow; a laptop GPU may not beat the SIMD kernels either
     options = ("kernel",)
+    max_head_dim = MAX_HEAD_DIM
 
     def available(self) -> Availability:
         try:
@@ -215,21 +217,9 @@ class WebGpuBackend(Backend):
             return Availability(False, f"no WebGPU adapter: {exc}")
         return Availability(True)
 
-    def supports(self, problem: AttentionProblem) -> Availability:
-        base = super().supports(problem)
-        if not base:
-            return Availability(False, base.reason + "; cast the inputs with .astype(np.float32)")
-        if problem.head_dim > MAX_HEAD_DIM:
-            return Availability(False, f"the WebGPU kernels take head dims up to {MAX_HEAD_DIM}")
-        return Availability(True)
-
     def extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None, causal=False,
                     mask_shape=None, kernel="w2", **options) -> int:
-        # the adapter's copies of q, k, v, the mask (float32), out and the (m, l) statistics
-        q = shape.batch * shape.heads_q * shape.len_q * shape.head_dim
-        kv = 2 * shape.batch * shape.heads_kv * shape.len_k * shape.head_dim
-        mask = 4 * int(np.prod(mask_shape)) if mask_shape is not None else 16
-        return 4 * (2 * q + kv + 2 * shape.batch * shape.heads_q * shape.len_q) + mask
+        return device_copy_bytes(shape, mask_shape)  # the adapter's copies (in RAM, on lavapipe)
 
     def forward(self, problem, block_q=None, block_k=None, kernel="w2"):
         return run_webgpu(problem, wgsl_config(kernel, problem.head_dim, block_q, block_k, gpu_device()))

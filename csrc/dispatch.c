@@ -6,6 +6,8 @@
  *
  * Threads: POSIX threads over the work items (batch x query head x query tile), handed out through an atomic
  * counter. Each item is computed by one thread from start to end, so results do not depend on the count.
+ * POSIX threads rather than OpenMP: they exist wherever the kernels build (macOS's clang ships no OpenMP
+ * runtime), and one mechanism everywhere keeps the thread behaviour the same on every machine.
  */
 #define _GNU_SOURCE
 #include <pthread.h>

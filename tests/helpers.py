@@ -37,6 +37,21 @@ def naive_attention(q, k, v, mask=None, causal=False, scale=None):
     return out, lse
 
 
+MASK_LAYOUTS = ["none", "LqLk", "B1LqLk", "BHLqLk", "additive"]
+
+
+def random_mask(r, layout, B, H, Lq, Lk, keep=0.7, dtype=np.float32):
+    """A mask in one of the library's layouts: bool [Lq, Lk], [B, 1, Lq, Lk], [B, H, Lq, Lk], an additive
+    float [B, 1, Lq, Lk] with -inf where hidden, or None; ``keep`` is the fraction of visible keys."""
+    if layout == "none":
+        return None
+    shape = {"LqLk": (Lq, Lk), "B1LqLk": (B, 1, Lq, Lk), "BHLqLk": (B, H, Lq, Lk), "additive": (B, 1, Lq, Lk)}[layout]
+    visible = r.random(shape) < keep
+    if layout == "additive":
+        return np.where(visible, r.standard_normal(shape), -np.inf).astype(dtype)
+    return visible
+
+
 @st.composite
 def problems(draw, max_len=40, max_d=24, dtypes=(np.float32, np.float64)):
     """A random attention problem: (q, k, v, mask, causal, dtype)."""
@@ -52,16 +67,8 @@ def problems(draw, max_len=40, max_d=24, dtypes=(np.float32, np.float64)):
     q = r.standard_normal((B, Hkv * G, Lq, D)).astype(dtype)
     k = r.standard_normal((B, Hkv, Lk, D)).astype(dtype)
     v = r.standard_normal((B, Hkv, Lk, D)).astype(dtype)
-    layout = draw(st.sampled_from(["none", "LqLk", "B1LqLk", "BHLqLk", "additive"]))
-    mask = None
-    if layout != "none":
-        shape = {"LqLk": (Lq, Lk), "B1LqLk": (B, 1, Lq, Lk), "BHLqLk": (B, Hkv * G, Lq, Lk),
-                 "additive": (B, 1, Lq, Lk)}[layout]
-        keep = r.random(shape) < draw(st.sampled_from([0.2, 0.7, 1.0]))
-        if layout == "additive":
-            mask = np.where(keep, r.standard_normal(shape), -np.inf).astype(dtype)
-        else:
-            mask = keep
+    layout = draw(st.sampled_from(MASK_LAYOUTS))
+    mask = random_mask(r, layout, B, Hkv * G, Lq, Lk, draw(st.sampled_from([0.2, 0.7, 1.0])), dtype)
     causal = draw(st.booleans())
     return q, k, v, mask, causal, dtype
 

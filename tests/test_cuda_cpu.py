@@ -4,6 +4,7 @@ cuda/cuda_compat.h, run on the CPU by PoCL and checked against the NumPy referen
 import numpy as np
 import pytest
 from conftest import TOL
+from helpers import MASK_LAYOUTS, random_mask
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,13 +27,8 @@ def cuda_problems(draw):
     q = r.standard_normal((B, Hkv * G, Lq, D)).astype(np.float32)
     k = r.standard_normal((B, Hkv, Lk, D)).astype(np.float32)
     v = r.standard_normal((B, Hkv, Lk, D)).astype(np.float32)
-    layout = draw(st.sampled_from(["none", "LqLk", "B1LqLk", "BHLqLk", "additive"]))
-    mask = None
-    if layout != "none":
-        shape = {"LqLk": (Lq, Lk), "B1LqLk": (B, 1, Lq, Lk), "BHLqLk": (B, Hkv * G, Lq, Lk),
-                 "additive": (B, 1, Lq, Lk)}[layout]
-        keep = r.random(shape) < draw(st.sampled_from([0.1, 0.7, 1.0]))
-        mask = np.where(keep, r.standard_normal(shape), -np.inf).astype(np.float32) if layout == "additive" else keep
+    mask = random_mask(r, draw(st.sampled_from(MASK_LAYOUTS)), B, Hkv * G, Lq, Lk,
+                       draw(st.sampled_from([0.1, 0.7, 1.0])))
     if kernel == "v1":
         blocks = (draw(st.sampled_from([None, 32, 64])), None)
     elif kernel == "v2":

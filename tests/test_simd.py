@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import TOL
-from helpers import naive_attention
+from helpers import naive_attention, random_mask
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,11 +39,8 @@ def big_problems(draw):
     mask = None
     if layout == "padding":  # a [B, 1, 1, Lk] key-padding mask: the broadcast strides reach C as 0
         mask = (np.arange(Lk)[None, :] < r.integers(0, Lk + 1, size=(B, 1)))[:, None, None, :]
-    elif layout != "none":
-        shape = {"LqLk": (Lq, Lk), "B1LqLk": (B, 1, Lq, Lk), "BHLqLk": (B, Hkv * G, Lq, Lk),
-                 "additive": (B, 1, Lq, Lk)}[layout]
-        keep = r.random(shape) < draw(st.sampled_from([0.1, 0.7, 1.0]))
-        mask = np.where(keep, r.standard_normal(shape), -np.inf).astype(np.float32) if layout == "additive" else keep
+    else:
+        mask = random_mask(r, layout, B, Hkv * G, Lq, Lk, draw(st.sampled_from([0.1, 0.7, 1.0])))
     block_q = draw(st.one_of(st.none(), st.integers(1, 150)))
     block_k = draw(st.one_of(st.none(), st.integers(1, 300)))
     return q, k, v, mask, draw(st.booleans()), block_q, block_k

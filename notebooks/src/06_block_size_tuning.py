@@ -48,6 +48,7 @@ plt.show()
 # every backend that takes block sizes, picked by name from the registry:
 
 # %%
+# NBVAL_IGNORE_OUTPUT
 print("tunable backends here:", tunable_backends())
 
 # %%
