@@ -295,10 +295,22 @@ def _device_context():
         raise RuntimeError(f"no CUDA device: {exc}") from exc
 
 
+def _nvcc_on_path() -> None:
+    """PyCUDA runs `nvcc` from PATH; add the toolkit's bin/ when only CUDA_HOME or /usr/local/cuda has it."""
+    import shutil
+
+    from .sysinfo import cuda_home
+
+    home = cuda_home()
+    if shutil.which("nvcc") is None and home:
+        os.environ["PATH"] = f"{Path(home) / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
 def compile_cubin(cfg: KernelConfig, arch: str = "sm_90") -> bytes:
     """nvcc-compile a configuration through PyCUDA's compiler (needs no GPU, only the toolkit)."""
     from pycuda.compiler import compile as pycuda_compile
 
+    _nvcc_on_path()
     return pycuda_compile(cfg.source.read_text(), options=cfg.options(), arch=arch, include_dirs=[str(CUDA_DIR)],
                           no_extern_c=True)
 
@@ -307,6 +319,7 @@ def compile_cubin(cfg: KernelConfig, arch: str = "sm_90") -> bytes:
 def _gpu_function(cfg: KernelConfig, arch: str):
     from pycuda.compiler import SourceModule
 
+    _nvcc_on_path()
     mod = SourceModule(cfg.source.read_text(), options=cfg.options(), arch=arch, include_dirs=[str(CUDA_DIR)],
                        no_extern_c=True)
     return mod, mod.get_function(cfg.function)
