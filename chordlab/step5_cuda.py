@@ -256,7 +256,8 @@ class CudaOnCpuBackend(Backend):
         try:
             _opencl_context()
         except Exception as exc:  # pyopencl raises its own LogicError/RuntimeError kinds
-            return Availability(False, f"no OpenCL device ({exc}); pip install pocl-binary-distribution")
+            return Availability(False, f"no OpenCL device ({exc}); install PoCL: pip install pocl-binary-distribution "
+                                       "(Linux x86-64) or Debian's pocl-opencl-icd")
         return Availability(True)
 
     def extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None, causal=False,

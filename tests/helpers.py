@@ -88,3 +88,19 @@ def require_tool(tool: str, apt_package: str) -> str:
     if os.environ.get("CI"):
         pytest.fail(msg)
     pytest.skip(msg)
+
+
+def require_backend(name: str, fix: str = "") -> None:
+    """Skip (outside CI) or fail (in CI) when a backend is unavailable, with its reason."""
+    import os
+
+    import pytest
+
+    import chordlab
+
+    a = chordlab.get_backend(name).available()
+    if not a:
+        msg = f"backend {name!r} unavailable: {a.reason}" + (f"; {fix}" if fix else "")
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)

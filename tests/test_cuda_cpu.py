@@ -4,7 +4,7 @@ cuda/cuda_compat.h, run on the CPU by PoCL and checked against the NumPy referen
 import numpy as np
 import pytest
 from conftest import TOL
-from helpers import MASK_LAYOUTS, random_mask
+from helpers import MASK_LAYOUTS, random_mask, require_backend
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,8 +12,11 @@ import chordlab
 from chordlab import step5_cuda
 
 F32 = TOL[np.dtype(np.float32)]
-pytestmark = pytest.mark.skipif(not chordlab.get_backend("cuda-cpu").available(),
-                                reason=f"cuda-cpu: {chordlab.get_backend('cuda-cpu').available().reason}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def need_opencl():
+    require_backend("cuda-cpu")
 
 
 @st.composite

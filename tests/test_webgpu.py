@@ -1,14 +1,13 @@
 """Step 8: the WGSL kernels, run for real through wgpu-py (on this machine: Mesa's lavapipe on the CPU),
 against the NumPy reference; tile limits; the subgroup fallback; the adapter in `info`."""
 
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 from conftest import TOL
-from helpers import MASK_LAYOUTS, random_mask
+from helpers import MASK_LAYOUTS, random_mask, require_backend
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,17 +15,12 @@ import chordlab
 from chordlab import step8_webgpu as w
 
 F32 = TOL[np.dtype(np.float32)]
-_avail = chordlab.get_backend("webgpu").available()
 
 
 @pytest.fixture(scope="module", autouse=True)
 def need_webgpu():
-    if not _avail:
-        msg = (f"webgpu: {_avail.reason}; install Mesa's lavapipe (sudo apt-get install mesa-vulkan-drivers "
-               "libvulkan1) and pip install wgpu")
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+    require_backend("webgpu", "install Mesa's lavapipe (sudo apt-get install mesa-vulkan-drivers libvulkan1) and "
+                              "pip install wgpu")
 
 
 @st.composite
