@@ -7,8 +7,9 @@ Batch 1, 8 heads, head dim 64 and 128, seq 256..4096, causal and not, 1 and 2 th
 times every implementation interleaved (chordlab.timing), reports the median, GFLOP/s (4·B·H·N²·D FLOPs,
 half when causal) and the ratio to torch's ``scaled_dot_product_attention`` measured in the same run. BLAS
 and torch threads are pinned to the same count as the C kernels. Peak memory is measured in a fresh process
-per (backend, N) as the increase of the peak resident set (ru_maxrss), up to N = 8192. Also micro-benchmarks
-of the primitives per ISA (the seed's table: dot and weighted add at head_dim 64).
+per (backend, N) as the increase of the peak resident set (VmHWM), up to N = 8192. Also the seed's own design
+(algorithm="rowwise") against the blocked kernel per ISA, and micro-benchmarks of the primitives per ISA (the
+seed's table: dot and weighted add at head_dim 64).
 
 Writes benchmarks/out/attention_cpu.{md,json} and plots (speed, ratio to torch, memory, primitives).
 torch is optional (``pip install -e .[bench]``); without it the torch columns are left out.
@@ -176,7 +177,28 @@ def primitive_grid(n=64, iters=200_000, rounds=15):
     return rows
 
 
-def markdown(speed, memory, prims, meta) -> str:
+def design_grid(seqs=(512, 1024), D=64, repeats=5):
+    """The seed's design (algorithm="rowwise": a dot product per score, an axpy per key) against the blocked
+    micro-kernels, per ISA, 1 thread, interleaved: the climb chapter 4 walks."""
+    lib = step4_simd.library()
+    r = np.random.default_rng(2)
+    rows = []
+    for N in seqs:
+        q, k, v = (r.standard_normal((1, HEADS, N, D)).astype(np.float32) for _ in range(3))
+        flops = chordlab.ProblemShape.of(q.shape, k.shape).flops()
+        fns = {(info.name, alg): (lambda isa=info.name, alg=alg, qkv=(q, k, v): chordlab.attention(
+            *qkv, backend="simd", isa=isa, algorithm=alg, threads=1))
+            for info in lib.isas() if info.supported for alg in ("rowwise", "blocked")}
+        with pinned_threads(1):
+            t = time_interleaved(fns, repeats=repeats, min_seconds=0.3)
+        base = t[("scalar", "rowwise")].median
+        for (isa, alg), x in t.items():
+            rows.append(dict(seq=N, head_dim=D, isa=isa, algorithm=alg, gflops=x.gflops(flops),
+                             vs_scalar_rowwise=base / x.median))
+    return rows
+
+
+def markdown(speed, memory, prims, meta, design=()) -> str:
     lines = [f"# CPU attention benchmark ({meta['date']})", "",
              f"Machine: {meta['cpu']} ({meta['machine']}, {meta['cores']} usable cores); Python {meta['python']}, "
              f"NumPy {meta['numpy']}, torch {meta['torch']}. Batch 1, {HEADS} heads, float32. "
@@ -212,6 +234,15 @@ def markdown(speed, memory, prims, meta) -> str:
             cells = [f"{sub[i]['rss_increase'] / 2**20:.1f}" if i in sub else "(skipped)"
                      for i in dict.fromkeys(r["impl"] for r in memory)]
             lines.append(f"| {N} | {out:.1f} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if design:
+        lines += ["## The climb: the seed's design (rowwise) against the blocked micro-kernels, 1 thread, head dim "
+                  "64: GFLOP/s (speed-up over scalar rowwise)", "",
+                  "| N | " + " | ".join(f"{r['isa']} {r['algorithm']}" for r in design if r["seq"] == design[0]["seq"])
+                  + " |", "|---|" + "---|" * sum(1 for r in design if r["seq"] == design[0]["seq"])]
+        for N in dict.fromkeys(r["seq"] for r in design):
+            lines.append(f"| {N} | " + " | ".join(f"{r['gflops']:.1f} ({r['vs_scalar_rowwise']:.1f}x)"
+                                                   for r in design if r["seq"] == N) + " |")
         lines.append("")
     if prims:
         lines += ["## Primitives at n = 64, timed in C: ns per call (speed-up over scalar)", "", "| op | " +
@@ -312,14 +343,18 @@ def main(argv=None):
     speed = speed_grid(seqs, dims, threads, causals, args.repeats)
     mem_impls = [f"simd-{lib.detected}", "tiled", "reference"] + (["torch-sdpa"] if torch else [])
     memory = [] if args.no_memory else memory_grid(mem_seqs, 64, mem_impls)
+    design = design_grid(seqs=(512,) if args.quick else (512, 1024))
+    for r in design:
+        print(f"design N={r['seq']} {r['isa']:<7} {r['algorithm']:<8} {r['gflops']:6.1f} GFLOP/s "
+              f"({r['vs_scalar_rowwise']:.1f}x scalar rowwise)")
     prims = primitive_grid()
     for r in prims:
         print(f"primitive {r['op']:<5} n=64 {r['isa']:<7} {r['ns_per_call']:7.1f} ns  "
               f"({r['speedup_vs_scalar']:.1f}x scalar)")
-    md = markdown(speed, memory, prims, meta)
+    md = markdown(speed, memory, prims, meta, design)
     (OUT / "attention_cpu.md").write_text(md)
     (OUT / "attention_cpu.json").write_text(json.dumps(dict(meta=meta, speed=speed, memory=memory,
-                                                           primitives=prims), indent=1))
+                                                           primitives=prims, design=design), indent=1))
     paths = plots(speed, memory, prims, meta)
     print()
     print(md)

@@ -5,6 +5,10 @@ register-blocked micro-kernels, one file per instruction set (scalar, AVX2+FMA, 
 at load time by CPU feature detection, and threads over (batch, head, query tile). See
 ``csrc/flash_kernel.inc`` for the kernel and ``csrc/dispatch.c`` for dispatch and threads.
 
+Two algorithms (``algorithm=``): ``"blocked"`` (the default: query tiles x key tiles through the micro-kernels)
+and ``"rowwise"`` (the seed's design, kept for comparison: per query row, one vector dot product per score and
+an axpy of the value row).
+
 Choosing the path:
     * default: the best the CPU supports (AVX-512 > AVX2+FMA > scalar on x86-64; NEON on aarch64);
     * ``CHORDLAB_ISA=avx2`` in the environment forces one for the whole process;
@@ -30,6 +34,8 @@ from .sysinfo import usable_cores
 from .validation import AttentionProblem, ProblemShape
 
 ISA_ENV = "CHORDLAB_ISA"
+#: "blocked": tiles through register-blocked micro-kernels; "rowwise": the seed's design (a dot per score)
+ALGORITHMS = {"blocked": 0, "rowwise": 1}
 THREADS_ENV = "CHORDLAB_THREADS"
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _ERRORS = {-1: "the requested ISA is not supported here", -2: "invalid arguments", -3: "out of memory for scratch"}
@@ -84,9 +90,11 @@ class SimdLibrary:
 
     # -- the kernel -----------------------------------------------------------------------------------
     def attention(self, p: AttentionProblem, block_q: int, block_k: int, isa: str | None = None,
-                  threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  threads: int | None = None, algorithm: str = "blocked") -> tuple[np.ndarray, np.ndarray]:
         ffi = self.ffi
         index = self.isa_index(isa)
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
         threads = resolve_threads(threads)
         out = np.empty(p.q.shape, dtype=np.float32)
         lse = np.empty(p.q.shape[:3], dtype=np.float32)
@@ -99,6 +107,7 @@ class SimdLibrary:
         a.len_q, a.len_k, a.head_dim = p.len_q, p.len_k, p.head_dim
         a.scale, a.causal = p.scale, int(p.causal)
         a.block_q, a.block_k, a.threads = block_q, block_k, threads
+        a.algorithm = ALGORITHMS[algorithm]
         mask = p.mask
         if mask is not None:
             if mask.dtype == np.bool_:
@@ -285,7 +294,7 @@ class SimdBackend(Backend):
     default_blocks = (64, 128)
     dtypes = (np.dtype(np.float32),)
     auto_priority = 20
-    options = ("isa", "threads", "library")
+    options = ("isa", "threads", "library", "algorithm")
 
     def available(self) -> Availability:
         try:
@@ -301,7 +310,7 @@ class SimdBackend(Backend):
         return Availability(True)
 
     def extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None, causal=False,
-                    mask_shape=None, isa=None, threads=None, library=None, **options) -> int:
+                    mask_shape=None, isa=None, threads=None, library=None, algorithm="blocked", **options) -> int:
         bq, bk = self.resolve_blocks(block_q, block_k)
         lib = library or globals()["library"]()
         items = shape.batch * shape.heads_q * -(-shape.len_q // bq)
@@ -309,9 +318,10 @@ class SimdBackend(Backend):
         # per-thread scratch (reported to tracemalloc); an additive float64 mask would add a float32 copy
         return lib.scratch_bytes(isa, shape.head_dim, bq, bk, n_threads)
 
-    def forward(self, problem, block_q=None, block_k=None, isa=None, threads=None, library=None):
+    def forward(self, problem, block_q=None, block_k=None, isa=None, threads=None, library=None, algorithm="blocked"):
         lib = library or globals()["library"]()
-        return lib.attention(problem, *self.resolve_blocks(block_q, block_k), isa=isa, threads=threads)
+        return lib.attention(problem, *self.resolve_blocks(block_q, block_k), isa=isa, threads=threads,
+                             algorithm=algorithm)
 
 
 register(SimdBackend())

@@ -18,6 +18,10 @@
 #define CL_MASK_BOOL 1     /* uint8: nonzero = attend */
 #define CL_MASK_ADDITIVE 2 /* float32 added to the scores; -inf hides */
 
+/* algorithm */
+#define CL_ALGO_BLOCKED 0 /* query tiles x key tiles through register-blocked micro-kernels */
+#define CL_ALGO_ROWWISE 1 /* the seed's design: per query row, one dot product per key and an axpy */
+
 /* return codes */
 #define CL_OK 0
 #define CL_ERR_ISA -1      /* the requested ISA is not compiled in or the CPU lacks it */
@@ -38,6 +42,7 @@ typedef struct {
     int64_t mask_sb, mask_sh, mask_si, mask_sj;
     int block_q, block_k;
     int threads;      /* <= 0: one per available core */
+    int algorithm;    /* CL_ALGO_BLOCKED (the micro-kernels) or CL_ALGO_ROWWISE (the seed's design) */
     /* written by the call: the bytes of scratch it allocated (all threads) */
     int64_t scratch_bytes;
 } cl_attention_args;

@@ -181,7 +181,10 @@ static void *work(void *p) {
     for (;;) {
         const int64_t item = __atomic_fetch_add(&w->job->next, 1, __ATOMIC_RELAXED);
         if (item >= w->job->n_items) break;
-        w->job->impl->attention_item(w->job->args, item, &w->scratch);
+        if (w->job->args->algorithm == CL_ALGO_ROWWISE)
+            w->job->impl->attention_item_rowwise(w->job->args, item, &w->scratch);
+        else
+            w->job->impl->attention_item(w->job->args, item, &w->scratch);
     }
     return NULL;
 }
@@ -191,6 +194,7 @@ int cl_attention(int isa, cl_attention_args *a) {
     if (a->batch < 1 || a->heads_q < 1 || a->heads_kv < 1 || a->len_q < 1 || a->len_k < 1 || a->head_dim < 1 ||
         a->heads_q % a->heads_kv != 0 || a->block_q < 1 || a->block_k < 1 || a->block_q > (1 << 20) ||
         a->block_k > (1 << 20) || (a->mask_kind != CL_MASK_NONE && !a->mask) || !a->q || !a->k || !a->v ||
+        (a->algorithm != CL_ALGO_BLOCKED && a->algorithm != CL_ALGO_ROWWISE) ||
         !a->out || !a->lse)
         return CL_ERR_ARGS;
     const cl_isa_impl *impl = impl_of(isa);

@@ -40,6 +40,7 @@ typedef struct {
     float (*max)(const float *, int64_t);
     void (*exp)(const float *, float *, int64_t);
     void (*attention_item)(const cl_attention_args *, int64_t item, cl_scratch *);
+    void (*attention_item_rowwise)(const cl_attention_args *, int64_t item, cl_scratch *);
 } cl_isa_impl;
 
 /* Defined by each ISA file that is compiled for this architecture. */

@@ -5,7 +5,8 @@
  * the NumPy reference (tests/test_simd_native.py).
  *
  *   test_driver --isas                 print "name compiled supported" per ISA, then the detected best
- *   test_driver CASE OUT               compute CASE, write out [B,Hq,Lq,D] then lse [B,Hq,Lq] (float32) to OUT
+ *   test_driver CASE OUT [rowwise]     compute CASE (blocked, or the seed's rowwise algorithm), write out
+ *                                      [B,Hq,Lq,D] then lse [B,Hq,Lq] (float32) to OUT
  *   test_driver --primitives ISA       self-check dot/axpy/scale/max/exp over lengths 0..67 (prints "ok")
  *
  * CASE: one text line "chordlab-case B Hq Hkv Lq Lk D causal mask_kind mb mh mq mk block_q block_k threads
@@ -56,7 +57,10 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (argc == 3 && strcmp(argv[1], "--primitives") == 0) return primitives(argv[2]);
-    if (argc != 3) { fprintf(stderr, "usage: %s CASE OUT | --isas | --primitives ISA\n", argv[0]); return 2; }
+    if (argc != 3 && !(argc == 4 && strcmp(argv[3], "rowwise") == 0)) {
+        fprintf(stderr, "usage: %s CASE OUT [rowwise] | --isas | --primitives ISA\n", argv[0]);
+        return 2;
+    }
 
     FILE *f = fopen(argv[1], "rb");
     if (!f) { perror(argv[1]); return 2; }
@@ -93,6 +97,7 @@ int main(int argc, char **argv) {
     a.mask_si = mq > 1 ? mk : 0;
     a.mask_sj = mk > 1 ? 1 : 0;
     a.block_q = bq; a.block_k = bk; a.threads = threads;
+    a.algorithm = argc == 4 ? CL_ALGO_ROWWISE : CL_ALGO_BLOCKED;
     const int isa = strcmp(isa_name, "best") == 0 ? cl_isa_best() : cl_isa_lookup(isa_name);
     const int rc = cl_attention(isa, &a);
     if (rc != CL_OK) { fprintf(stderr, "cl_attention failed: %d\n", rc); return 4; }

@@ -43,18 +43,19 @@ def big_problems(draw):
         mask = random_mask(r, layout, B, Hkv * G, Lq, Lk, draw(st.sampled_from([0.1, 0.7, 1.0])))
     block_q = draw(st.one_of(st.none(), st.integers(1, 150)))
     block_k = draw(st.one_of(st.none(), st.integers(1, 300)))
-    return q, k, v, mask, draw(st.booleans()), block_q, block_k
+    algorithm = draw(st.sampled_from(["blocked", "blocked", "rowwise"]))
+    return q, k, v, mask, draw(st.booleans()), block_q, block_k, algorithm
 
 
 @settings(max_examples=40)
 @given(big_problems())
 def test_every_isa_matches_the_reference(prob):
-    q, k, v, mask, causal, bq, bk = prob
+    q, k, v, mask, causal, bq, bk, algorithm = prob
     want, want_lse = chordlab.attention(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64),
                                         mask=mask, causal=causal, backend="reference", return_lse=True)
     for isa in ISAS:
         out, lse = chordlab.attention(q, k, v, mask=mask, causal=causal, backend="simd", isa=isa,
-                                      block_q=bq, block_k=bk, return_lse=True)
+                                      block_q=bq, block_k=bk, algorithm=algorithm, return_lse=True)
         assert out.dtype == np.float32 and not np.isnan(out).any(), isa
         np.testing.assert_allclose(out, want, **F32, err_msg=isa)
         np.testing.assert_allclose(lse, want_lse, **F32, err_msg=isa)
@@ -98,6 +99,8 @@ def test_isa_errors(rng):
         chordlab.attention(q, q, q, backend="tiled", isa="avx2")
     with pytest.raises(ValueError, match="threads must be a positive int"):
         chordlab.attention(q, q, q, backend="simd", threads=0)
+    with pytest.raises(ValueError, match="unknown algorithm 'fast'; choose one of blocked, rowwise"):
+        chordlab.attention(q, q, q, backend="simd", algorithm="fast")
 
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:

@@ -72,11 +72,12 @@ def make_case(spec, seed):
 
 
 def check_driver(run, tmp_path, isa):
-    for n, spec in enumerate(EDGE_CASES):
-        q, k, v, mask, causal, bq, bk = make_case(spec, n)
+    for n, spec in enumerate(EDGE_CASES * 2):
+        algorithm = ["rowwise"] if n >= len(EDGE_CASES) else []  # each case with both algorithms
+        q, k, v, mask, causal, bq, bk = make_case(spec, n % len(EDGE_CASES))
         case, out_path = tmp_path / f"case{n}.bin", tmp_path / f"out{n}.bin"
         write_case(case, q, k, v, mask, causal, bq, bk, isa)
-        r = run([str(case), str(out_path)])
+        r = run([str(case), str(out_path), *algorithm])
         assert r.returncode == 0, f"case {spec} on {isa}: exit {r.returncode}\n{r.stderr[-3000:]}"
         assert "runtime error" not in r.stderr and "Sanitizer" not in r.stderr, r.stderr[-3000:]
         data = np.fromfile(out_path, dtype=np.float32)
