@@ -104,3 +104,42 @@ def require_backend(name: str, fix: str = "") -> None:
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)
+
+
+@st.composite
+def float32_problems(draw, head_dims, max_len, groups=(1, 2)):
+    """(q, k, v, mask, causal): float32 inputs with GQA, any mask layout, lengths 1..max_len."""
+    D = draw(st.sampled_from(head_dims))
+    Lq, Lk = draw(st.integers(1, max_len)), draw(st.integers(1, max_len))
+    B, Hkv, G = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.sampled_from(groups))
+    r = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    q = r.standard_normal((B, Hkv * G, Lq, D)).astype(np.float32)
+    k = r.standard_normal((B, Hkv, Lk, D)).astype(np.float32)
+    v = r.standard_normal((B, Hkv, Lk, D)).astype(np.float32)
+    mask = random_mask(r, draw(st.sampled_from(MASK_LAYOUTS)), B, Hkv * G, Lq, Lk,
+                       draw(st.sampled_from([0.1, 0.7, 1.0])))
+    return q, k, v, mask, draw(st.booleans())
+
+
+def assert_matches_reference(q, k, v, mask, causal, rtol=2e-5, atol=2e-5, **attention_kwargs):
+    """Out and lse of ``attention(..., **attention_kwargs)`` against the float64 reference."""
+    import chordlab
+
+    want, want_lse = chordlab.attention(*(a.astype(np.float64) for a in (q, k, v)), mask=mask, causal=causal,
+                                        backend="reference", return_lse=True)
+    out, lse = chordlab.attention(q, k, v, mask=mask, causal=causal, return_lse=True, **attention_kwargs)
+    assert not np.isnan(out).any()
+    np.testing.assert_allclose(out, want, rtol=rtol, atol=atol, err_msg=str(attention_kwargs))
+    np.testing.assert_allclose(lse, want_lse, rtol=rtol, atol=atol, err_msg=str(attention_kwargs))
+    return out, lse
+
+
+def check_fully_masked_and_causal(rng, D=32, **attention_kwargs):
+    """Causal with Lq > Lk (the first rows see no key) plus one masked-out row: zeros and lse -inf there."""
+    q = rng.standard_normal((1, 2, 9, D)).astype(np.float32)
+    k = rng.standard_normal((1, 1, 4, D)).astype(np.float32)
+    mask = np.ones((9, 4), bool)
+    mask[7] = False
+    out, lse = assert_matches_reference(q, k, k, mask, True, **attention_kwargs)
+    empty = [0, 1, 2, 3, 4, 7]
+    assert np.all(out[:, :, empty] == 0) and np.all(np.isneginf(lse[:, :, empty]))

@@ -3,15 +3,12 @@ cuda/cuda_compat.h, run on the CPU by PoCL and checked against the NumPy referen
 
 import numpy as np
 import pytest
-from conftest import TOL
-from helpers import MASK_LAYOUTS, random_mask, require_backend
+from helpers import assert_matches_reference, check_fully_masked_and_causal, float32_problems, require_backend
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chordlab
 from chordlab import step5_cuda
-
-F32 = TOL[np.dtype(np.float32)]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -23,15 +20,8 @@ def need_opencl():
 def cuda_problems(draw):
     """Shapes, masks, causal, GQA, head dims (32, 64, 80, 96, 128 and odd ones) and per-version blocks."""
     kernel = draw(st.sampled_from(["v1", "v2", "v3"]))
-    D = draw(st.sampled_from([1, 7, 32, 64, 80, 96, 128]))
-    Lq, Lk = draw(st.integers(1, 70)), draw(st.integers(1, 70))
-    B, Hkv, G = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.sampled_from([1, 3]))
-    r = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
-    q = r.standard_normal((B, Hkv * G, Lq, D)).astype(np.float32)
-    k = r.standard_normal((B, Hkv, Lk, D)).astype(np.float32)
-    v = r.standard_normal((B, Hkv, Lk, D)).astype(np.float32)
-    mask = random_mask(r, draw(st.sampled_from(MASK_LAYOUTS)), B, Hkv * G, Lq, Lk,
-                       draw(st.sampled_from([0.1, 0.7, 1.0])))
+    q, k, v, mask, causal = draw(float32_problems([1, 7, 32, 64, 80, 96, 128], 70, groups=(1, 3)))
+    D = q.shape[-1]
     if kernel == "v1":
         blocks = (draw(st.sampled_from([None, 32, 64])), None)
     elif kernel == "v2":
@@ -39,33 +29,19 @@ def cuda_problems(draw):
         blocks = draw(st.sampled_from([(None, None), (16, 8), (min(32, dq), min(16, dk))]))
     else:
         blocks = (draw(st.sampled_from([None, 4, 8, 16])), None)
-    return kernel, q, k, v, mask, draw(st.booleans()), blocks
+    return kernel, q, k, v, mask, causal, blocks
 
 
 @settings(max_examples=40)
 @given(cuda_problems())
 def test_v1_v3_on_the_cpu_match_the_reference(prob):
     kernel, q, k, v, mask, causal, (bq, bk) = prob
-    want, want_lse = chordlab.attention(*(a.astype(np.float64) for a in (q, k, v)), mask=mask, causal=causal,
-                                        backend="reference", return_lse=True)
-    out, lse = chordlab.attention(q, k, v, mask=mask, causal=causal, backend="cuda-cpu", kernel=kernel,
-                                  block_q=bq, block_k=bk, return_lse=True)
-    np.testing.assert_allclose(out, want, **F32, err_msg=kernel)
-    np.testing.assert_allclose(lse, want_lse, **F32, err_msg=kernel)
+    assert_matches_reference(q, k, v, mask, causal, backend="cuda-cpu", kernel=kernel, block_q=bq, block_k=bk)
 
 
 @pytest.mark.parametrize("kernel", ["v1", "v2", "v3"])
 def test_fully_masked_rows_and_causal_lq_gt_lk(kernel, rng):
-    q = rng.standard_normal((1, 2, 9, 32)).astype(np.float32)
-    k = rng.standard_normal((1, 1, 4, 32)).astype(np.float32)
-    mask = np.ones((9, 4), bool)
-    mask[7] = False
-    out, lse = chordlab.attention(q, k, k, causal=True, mask=mask, backend="cuda-cpu", kernel=kernel,
-                                  return_lse=True)
-    assert not np.isnan(out).any()
-    assert np.all(out[:, :, :5] == 0) and np.all(np.isneginf(lse[:, :, [0, 1, 2, 3, 4, 7]]))
-    want = chordlab.attention(q, k, k, causal=True, mask=mask, backend="reference")
-    np.testing.assert_allclose(out, want, **F32)
+    check_fully_masked_and_causal(rng, backend="cuda-cpu", kernel=kernel)
 
 
 @pytest.mark.parametrize("kernel,kw,match", [

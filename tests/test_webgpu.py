@@ -6,15 +6,12 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import TOL
-from helpers import MASK_LAYOUTS, random_mask, require_backend
+from helpers import assert_matches_reference, check_fully_masked_and_causal, float32_problems, require_backend
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chordlab
 from chordlab import step8_webgpu as w
-
-F32 = TOL[np.dtype(np.float32)]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -26,47 +23,26 @@ def need_webgpu():
 @st.composite
 def webgpu_problems(draw):
     kernel = draw(st.sampled_from(w.KERNELS))
-    D = draw(st.sampled_from([1, 5, 16, 32, 64, 80]))
-    Lq, Lk = draw(st.integers(1, 48)), draw(st.integers(1, 48))
-    B, Hkv, G = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.sampled_from([1, 2]))
-    r = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
-    q = r.standard_normal((B, Hkv * G, Lq, D)).astype(np.float32)
-    k = r.standard_normal((B, Hkv, Lk, D)).astype(np.float32)
-    v = r.standard_normal((B, Hkv, Lk, D)).astype(np.float32)
-    mask = random_mask(r, draw(st.sampled_from(MASK_LAYOUTS)), B, Hkv * G, Lq, Lk,
-                       draw(st.sampled_from([0.1, 0.7, 1.0])))
+    q, k, v, mask, causal = draw(float32_problems([1, 5, 16, 32, 64, 80], 48))
     if kernel == "w1":
         blocks = (draw(st.sampled_from([None, 8, 64])), None)
     elif kernel == "w2":
         blocks = (draw(st.sampled_from([None, 4, 16])), draw(st.sampled_from([None, 8, 16])))
     else:
         blocks = (draw(st.sampled_from([None, 1, 4])), draw(st.sampled_from([None, 8, 16, 32])))
-    return kernel, q, k, v, mask, draw(st.booleans()), blocks
+    return kernel, q, k, v, mask, causal, blocks
 
 
 @settings(max_examples=30)
 @given(webgpu_problems())
 def test_wgsl_kernels_match_the_reference(prob):
     kernel, q, k, v, mask, causal, (bq, bk) = prob
-    want, want_lse = chordlab.attention(*(a.astype(np.float64) for a in (q, k, v)), mask=mask, causal=causal,
-                                        backend="reference", return_lse=True)
-    out, lse = chordlab.attention(q, k, v, mask=mask, causal=causal, backend="webgpu", kernel=kernel,
-                                  block_q=bq, block_k=bk, return_lse=True)
-    np.testing.assert_allclose(out, want, **F32, err_msg=kernel)
-    np.testing.assert_allclose(lse, want_lse, **F32, err_msg=kernel)
+    assert_matches_reference(q, k, v, mask, causal, backend="webgpu", kernel=kernel, block_q=bq, block_k=bk)
 
 
 @pytest.mark.parametrize("kernel", w.KERNELS)
 def test_fully_masked_rows_and_causal_lq_gt_lk(kernel, rng):
-    q = rng.standard_normal((1, 2, 9, 16)).astype(np.float32)
-    k = rng.standard_normal((1, 2, 4, 16)).astype(np.float32)
-    mask = np.ones((9, 4), bool)
-    mask[7] = False
-    out, lse = chordlab.attention(q, k, k, causal=True, mask=mask, backend="webgpu", kernel=kernel,
-                                  return_lse=True)
-    assert not np.isnan(out).any()
-    assert np.all(out[:, :, [0, 1, 2, 3, 4, 7]] == 0) and np.all(np.isneginf(lse[:, :, [0, 1, 2, 3, 4, 7]]))
-    np.testing.assert_allclose(out, chordlab.attention(q, k, k, causal=True, mask=mask, backend="reference"), **F32)
+    check_fully_masked_and_causal(rng, D=16, backend="webgpu", kernel=kernel)
 
 
 def test_tiles_that_do_not_fit_are_refused_with_both_numbers(rng):
