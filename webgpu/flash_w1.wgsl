@@ -1,6 +1,6 @@
 // flash_w1.wgsl: WebGPU version 1: one invocation per query row (CUDA's v1 in WGSL).
-// Each invocation runs the online softmax over every key for its row, reading K and V from storage buffers,
-// its output row in a private array. No sharing between invocations: the baseline.
+// Each invocation runs the online softmax over every key of its chunk for its row, reading K and V from
+// storage buffers, its output row in a private array. No sharing between invocations: the baseline.
 // Dispatch: (ceil(Lq / WG), Hq, B) workgroups of WG invocations. Constants: HEAD_DIM, WG.
 
 const WG: u32 = $WG;
@@ -18,10 +18,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     let qo = row * HEAD_DIM;
     let kvo = (b * P.heads_kv + hk) * P.len_k * HEAD_DIM;
     var acc: array<f32, HEAD_DIM>;
-    var m = NONE;
-    var l = 0.0;
+    for (var d = 0u; d < HEAD_DIM; d++) {
+        acc[d] = out[qo + d];
+    }
+    var m = stats[2u * row];
+    var l = stats[2u * row + 1u];
     let stop = key_stop(i + 1u);
-    for (var j = 0u; j < stop; j++) {
+    for (var j = P.k_begin; j < stop; j++) {
         let bias = mask_bias(b, h, i, j);
         if (bias <= HIDDEN) {
             continue;
@@ -40,9 +43,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
         }
         m = m_new;
     }
-    let inv = select(0.0, 1.0 / l, l > 0.0);
+    let f = store_factor(l);
     for (var d = 0u; d < HEAD_DIM; d++) {
-        out[qo + d] = acc[d] * inv;
+        out[qo + d] = acc[d] * f;
     }
     write_row(row, m, l);
+    probe();
 }

@@ -33,14 +33,21 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec
     var s: array<f32, BLOCK_K>;
     var m = NONE;
     var l = 0.0;
+    if (live) {
+        for (var d = 0u; d < HEAD_DIM; d++) {
+            acc[d] = out[row * HEAD_DIM + d];
+        }
+        m = stats[2u * row];
+        l = stats[2u * row + 1u];
+    }
     let stop = key_stop(q0 + BLOCK_Q);  // the same for the whole workgroup: barriers stay uniform
-    for (var k0 = 0u; k0 < stop; k0 += BLOCK_K) {
+    for (var k0 = P.k_begin; k0 < stop; k0 += BLOCK_K) {
         workgroupBarrier();
         for (var e = t; e < BLOCK_K * HEAD_DIM; e += BLOCK_Q) {
             let j = k0 + e / HEAD_DIM;
             var kx = 0.0;
             var vx = 0.0;
-            if (j < P.len_k) {
+            if (j < P.k_end) {
                 kx = k[kvo + j * HEAD_DIM + e % HEAD_DIM];
                 vx = v[kvo + j * HEAD_DIM + e % HEAD_DIM];
             }
@@ -53,7 +60,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec
         for (var jj = 0u; jj < BLOCK_K; jj++) {
             let j = k0 + jj;
             var val = NONE;
-            if (live && j < P.len_k) {
+            if (live && j < P.k_end) {
                 let bias = mask_bias(b, h, i, j);
                 if (bias > HIDDEN) {
                     var dot = 0.0;
@@ -85,10 +92,11 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec
         }
     }
     if (live) {
-        let inv = select(0.0, 1.0 / l, l > 0.0);
+        let f = store_factor(l);
         for (var d = 0u; d < HEAD_DIM; d++) {
-            out[row * HEAD_DIM + d] = acc[d] * inv;
+            out[row * HEAD_DIM + d] = acc[d] * f;
         }
         write_row(row, m, l);
     }
+    probe();
 }

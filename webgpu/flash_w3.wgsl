@@ -69,16 +69,27 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec
     var m: array<f32, BLOCK_Q>;
     var l: array<f32, BLOCK_Q>;
     for (var r = 0u; r < BLOCK_Q; r++) {
+        let i = q0 + r;
         m[r] = NONE;
+        if (i < P.len_q) {
+            m[r] = stats[2u * (qbase + i)];
+            l[r] = stats[2u * (qbase + i) + 1u];
+            for (var c = 0u; c < COLS; c++) {
+                let d = t + c * BLOCK_K;
+                if (d < HEAD_DIM) {
+                    acc[r * COLS + c] = out[(qbase + i) * HEAD_DIM + d];
+                }
+            }
+        }
     }
     let stop = key_stop(q0 + BLOCK_Q);
-    for (var k0 = 0u; k0 < stop; k0 += BLOCK_K) {
+    for (var k0 = P.k_begin; k0 < stop; k0 += BLOCK_K) {
         workgroupBarrier();
         for (var e = t; e < BLOCK_K * HEAD_DIM; e += BLOCK_K) {
             let j = k0 + e / HEAD_DIM;
             var kx = 0.0;
             var vx = 0.0;
-            if (j < P.len_k) {
+            if (j < P.k_end) {
                 kx = k[kvo + j * HEAD_DIM + e % HEAD_DIM];
                 vx = v[kvo + j * HEAD_DIM + e % HEAD_DIM];
             }
@@ -90,7 +101,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec
             let i = q0 + r;
             let j = k0 + t;
             var s = NONE;
-            if (i < P.len_q && j < P.len_k) {
+            if (i < P.len_q && j < P.k_end) {
                 let bias = mask_bias(b, h, i, j);
                 if (bias > HIDDEN) {
                     var dot = 0.0;
@@ -123,11 +134,11 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec
     for (var r = 0u; r < BLOCK_Q; r++) {
         let i = q0 + r;
         if (i < P.len_q) {
-            let inv = select(0.0, 1.0 / l[r], l[r] > 0.0);
+            let f = store_factor(l[r]);
             for (var c = 0u; c < COLS; c++) {
                 let d = t + c * BLOCK_K;
                 if (d < HEAD_DIM) {
-                    out[(qbase + i) * HEAD_DIM + d] = acc[r * COLS + c] * inv;
+                    out[(qbase + i) * HEAD_DIM + d] = acc[r * COLS + c] * f;
                 }
             }
             if (t == 0u) {
@@ -135,4 +146,5 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec
             }
         }
     }
+    probe();
 }
