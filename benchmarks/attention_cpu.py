@@ -18,6 +18,7 @@ torch is optional (``pip install -e .[bench]``); without it the torch columns ar
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -200,7 +201,7 @@ def design_grid(seqs=(512, 1024), D=64, repeats=5):
 
 def markdown(speed, memory, prims, meta, design=()) -> str:
     lines = [f"# CPU attention benchmark ({meta['date']})", "",
-             f"Machine: {meta['cpu']} ({meta['machine']}, {meta['cores']} usable cores); Python {meta['python']}, "
+             f"Machine: {meta['cpu']}, {meta['machine']}; Python {meta['python']}, "
              f"NumPy {meta['numpy']}, torch {meta['torch']}. Batch 1, {HEADS} heads, float32. "
              "Median of interleaved repeats; ratio = torch's median / this median (> 1: faster than torch).", ""]
     for D in sorted({r["head_dim"] for r in speed}):
@@ -275,7 +276,7 @@ def plots(speed, memory, prims, meta):
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("GFLOP/s (higher is better)")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Attention forward on {meta['cpu']}", fontsize=10)
+    fig.suptitle(f"Attention forward on {meta['cpu']}", fontsize=7, wrap=True)
     fig.tight_layout()
     paths.append(OUT / "attention_cpu_gflops.png")
     fig.savefig(paths[-1], dpi=110)
@@ -329,7 +330,9 @@ def main(argv=None):
         return _rss_child(args._rss[0], int(args._rss[1]), int(args._rss[2]))
     torch, _ = try_torch()
     lib = step4_simd.library()
-    meta = dict(date=time.strftime("%Y-%m-%d"), cpu=sysinfo.cpu_model(), machine=platform.machine(),
+    cpu = sysinfo.cpu_identity()
+    meta = dict(date=time.strftime("%Y-%m-%d"), cpu=cpu.describe(), cpu_identity=dataclasses.asdict(cpu),
+                machine=platform.machine(),
                 cores=sysinfo.usable_cores(), python=platform.python_version(), numpy=np.__version__,
                 torch=torch.__version__ if torch else "not installed", best_isa=lib.detected,
                 flags={k: v for k, v in sysinfo.cpu_features().items()})

@@ -19,7 +19,12 @@ def info_report() -> str:
     lines.append("")
     feats = sysinfo.cpu_features()
     lines.append("CPU")
-    lines.append(f"  model     {sysinfo.cpu_model()}  ({platform.machine()}, {sysinfo.usable_cores()} cores usable)")
+    cpu = sysinfo.cpu_identity()
+    lines.append(f"  model     {cpu.model_name}  ({platform.machine()}, {cpu.cores} cores usable)")
+    ident = f"family {cpu.family} model {cpu.model} stepping {cpu.stepping}" if cpu.family is not None else "unknown"
+    lines.append(f"  identity  {cpu.vendor or 'unknown vendor'} {ident}" + (f" = {cpu.uarch}" if cpu.uarch else ""))
+    lines.append(f"  flags     {' '.join(cpu.flags) or 'none read'}")
+    lines.append(f"  clock     {f'{cpu.clock_mhz:.0f} MHz per {cpu.clock_source}' if cpu.clock_mhz else 'unknown'}")
     lines.append("  features  " + "  ".join(f"{k.upper()}: {'yes' if v else 'no'}" for k, v in feats.items()))
     lines.append("")
     from . import step4_simd
@@ -27,8 +32,11 @@ def info_report() -> str:
     lines.append("SIMD kernels (step 4)")
     lines += step4_simd.report()
     lines.append("")
-    from . import step8_webgpu
+    from . import step5_cuda, step8_webgpu
 
+    lines.append("CUDA kernels on the CPU (step 5, cuda-cpu)")
+    lines += step5_cuda.report()
+    lines.append("")
     lines.append("WebGPU (step 8)")
     lines += step8_webgpu.report()
     lines.append("")

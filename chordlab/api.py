@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backends import _REGISTRY, Backend, backend_names, get_backend
-from .memory import check_fits, format_bytes, get_memory_limit, predict_memory
+from .backends import _REGISTRY, Backend, BackendError, backend_names, get_backend
+from .memory import MemoryBudgetError, check_fits, format_bytes, get_memory_limit, predict_memory
 from .validation import AttentionProblem, check_block_size, prepare
 
 
@@ -60,6 +60,19 @@ def choose_backend(problem: AttentionProblem, block_q=None, block_k=None, *, nee
     raise RuntimeError(f"no backend can run this request ({detail})")
 
 
+def run_forward(b: Backend, p: AttentionProblem, block_q, block_k, options: dict):
+    """``b.forward``, with a driver's or compiler's failure turned into a `BackendError` that says what to do
+    (argument errors and memory refusals pass through as they are)."""
+    try:
+        return b.forward(p, block_q, block_k, **options)
+    except (ValueError, TypeError, BackendError, MemoryBudgetError):
+        raise
+    except Exception as exc:  # third-party driver errors come in many kinds
+        err = BackendError(f"backend {b.name!r} failed while running: {b.failure_reason(exc)}; {b.run_advice}")
+        err.original = exc
+    raise err  # outside the except block: the third-party traceback is not printed with it
+
+
 def attention(q, k, v, *, mask=None, causal=False, scale=None, backend="auto", block_q=None,
               block_k=None, return_lse=False, **options):
     """Scaled dot-product attention ``softmax(scale · Q Kᵀ + mask) V``.
@@ -86,7 +99,9 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, backend="auto", b
 
     Raises:
         TypeError / ValueError for bad arguments (naming the argument and the expected shape);
-        `chordlab.MemoryBudgetError` before allocating when the request would exceed the memory limit.
+        `chordlab.MemoryBudgetError` before allocating when the request would exceed the memory limit;
+        `chordlab.BackendError` when the backend's driver or compiler fails while running, naming the backend,
+        the reason and what to do.
     """
     p = prepare(q, k, v, mask=mask, causal=causal, scale=scale)
     tune_q, tune_k = isinstance(block_q, str) and block_q == "auto", isinstance(block_k, str) and block_k == "auto"
@@ -120,6 +135,6 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, backend="auto", b
             f"backend {b.name!r} on q {list(p.q.shape)}, k {list(p.k.shape)} ({p.dtype}) "
             f"(output {format_bytes(output)} + working memory {format_bytes(extra)})",
             total, b.memory_advice())
-        out, lse = b.forward(p, block_q, block_k, **options)
+        out, lse = run_forward(b, p, block_q, block_k, options)
     out, lse = p.to_caller_layout(np.asarray(out, dtype=p.dtype), np.asarray(lse, dtype=p.dtype))
     return (out, lse) if return_lse else out

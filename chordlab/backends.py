@@ -22,6 +22,13 @@ import numpy as np
 from .validation import AttentionProblem, ProblemShape
 
 
+class BackendError(RuntimeError):
+    """A backend failed while it ran (a driver or compiler error): the message names the backend, the reason in
+    one line and what to do. The third-party exception is kept as ``.original`` for debugging."""
+
+    original: BaseException | None = None
+
+
 @dataclass(frozen=True)
 class Availability:
     ok: bool
@@ -67,6 +74,14 @@ class Backend(ABC):
     def extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None,
                     causal=False, mask_shape=None, **options) -> int:
         """Working bytes ``forward`` allocates beyond its output, for a problem of this shape."""
+
+    #: What to do when ``forward`` fails at run time (driver, compiler): appended to the `BackendError`.
+    run_advice: str = "try another backend (chordlab.backends() lists them)"
+
+    def failure_reason(self, exc: BaseException) -> str:
+        """One readable line saying why ``forward`` failed with ``exc``."""
+        text = str(exc).strip()
+        return (text.splitlines()[0] if text else type(exc).__name__)[:500]
 
     def check_options(self, options: dict) -> None:
         """TypeError for an option this backend does not take."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from .api import attention, choose_backend
 from .memory import format_bytes, measure_peak, predict_memory
-from .sysinfo import cpu_model, usable_cores
+from .sysinfo import cpu_identity, usable_cores
 from .timing import pinned_threads, time_interleaved
 from .validation import prepare
 
@@ -78,4 +78,4 @@ def seed_demo(seq_len: int = 512, heads: int = 8, head_dim: int = 64, batch: int
             pred = predict_memory(b, q.shape, k.shape, **opts[b])
             rows.append(DemoRow(label, b, pred.total, peak, times[label].median))
     diff = max(float(np.abs(outs[label] - outs["standard"]).max()) for label, _ in contenders)
-    return DemoReport((batch, heads, seq_len, head_dim), threads, cpu_model(), rows, diff)
+    return DemoReport((batch, heads, seq_len, head_dim), threads, cpu_identity().describe(), rows, diff)

@@ -193,17 +193,82 @@ def _check_kernel_option(kernel, precision, allow_v4: bool = True) -> None:
 
 # --------------------------------------------------------------------------------------------- CPU (PoCL)
 
+OPENCL_FIX = ("install a CPU OpenCL whose compiler knows this CPU: Debian's PoCL (sudo apt-get install "
+              "pocl-opencl-icd), or pip install pocl-binary-distribution on older CPUs (its LLVM 14 does not know "
+              "AMD Zen 5)")
+PROBE_SOURCE = ("__kernel void chordlab_probe(__global float *x) "
+                "{ x[get_global_id(0)] = 2.0f * x[get_global_id(0)] + 1.0f; }")
+
+
+def opencl_error_text(exc: BaseException) -> str:
+    """A readable one-line reason from a pyopencl error (its record object prints as an address)."""
+    record = exc.args[0] if exc.args else None
+    text = record.what() if hasattr(record, "what") else str(exc)
+    errors = [line.strip() for line in str(text).splitlines() if line.strip().startswith("error:")]
+    first = str(text).splitlines()[0] if str(text).strip() else type(exc).__name__
+    return "; ".join(dict.fromkeys(errors)) if errors else first.split(" - ")[0]
+
+
+def probe_device(device) -> None:
+    """Build and run a one-line kernel on ``device``; raise if it does not build or computes a wrong value.
+    (The PoCL inside the pyopencl wheel lists every CPU but fails every build on CPUs its LLVM does not know.)"""
+    import pyopencl as cl
+
+    ctx = cl.Context([device])
+    queue = cl.CommandQueue(ctx)
+    x = np.arange(4, dtype=np.float32)
+    buf = cl.Buffer(ctx, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR, hostbuf=x)
+    cl.Program(ctx, PROBE_SOURCE).build().chordlab_probe(queue, (4,), None, buf)
+    got = np.empty_like(x)
+    cl.enqueue_copy(queue, got, buf)
+    queue.finish()
+    if not np.array_equal(got, 2 * x + 1):
+        raise RuntimeError(f"the probe kernel computed {got.tolist()} instead of {(2 * x + 1).tolist()}")
+
+
+@dataclass(frozen=True)
+class OpenClChoice:
+    """The CPU OpenCL device the cuda-cpu backend runs on, and the ones that failed the probe (with why)."""
+
+    platform: str
+    device: str
+    rejected: tuple[str, ...]
+
+    def describe(self) -> str:
+        text = f"{self.device} on {self.platform}"
+        return text + "".join(f"\n  passed over: {r}" for r in self.rejected)
+
+
 @functools.lru_cache(maxsize=1)
 def _opencl_context():
+    """The context and queue of the first CPU OpenCL device that passes `probe_device` (once per process).
+    RuntimeError with every device's reason, and the fix, when none does."""
     import pyopencl as cl
 
     os.environ.setdefault("POCL_CACHE_DIR", str(Path.home() / ".cache" / "chordlab" / "pocl"))
-    devices = [d for p in cl.get_platforms() for d in p.get_devices()]
-    cpu = [d for d in devices if d.type & cl.device_type.CPU] or devices
-    if not cpu:
-        raise RuntimeError("no OpenCL device")
-    ctx = cl.Context([cpu[0]])
-    return ctx, cl.CommandQueue(ctx)
+    try:
+        platforms = cl.get_platforms()
+    except cl.Error as exc:
+        raise RuntimeError(f"no OpenCL platform ({opencl_error_text(exc)}); {OPENCL_FIX}") from None
+    devices = [(pl, d) for pl in platforms for d in pl.get_devices()]
+    cpu = [(pl, d) for pl, d in devices if d.type & cl.device_type.CPU] or devices
+    rejected = []
+    for pl, d in cpu:
+        name = f"{d.name.strip()} on {pl.version.strip()}"
+        try:
+            probe_device(d)
+        except Exception as exc:  # a build failure, a crash in the driver's compiler, a wrong value
+            rejected.append(f"{name}: {opencl_error_text(exc)}")
+            continue
+        ctx = cl.Context([d])
+        return ctx, cl.CommandQueue(ctx), OpenClChoice(pl.version.strip(), d.name.strip(), tuple(rejected))
+    found = "; ".join(rejected) if rejected else "no OpenCL device"
+    raise RuntimeError(f"no OpenCL CPU device passed the probe ({found}); {OPENCL_FIX}")
+
+
+def opencl_choice() -> OpenClChoice:
+    """Which OpenCL device ``cuda-cpu`` runs on (RuntimeError with the reason when none works)."""
+    return _opencl_context()[2]
 
 
 @functools.lru_cache(maxsize=64)
@@ -211,7 +276,7 @@ def _opencl_kernel(cfg: KernelConfig):
     """Build the .cu file as OpenCL C (cuda_compat.h does the mapping); cached per configuration."""
     import pyopencl as cl
 
-    ctx, _ = _opencl_context()
+    ctx = _opencl_context()[0]
     options = [*cfg.options(), f"-I{CUDA_DIR}", "-cl-std=CL1.2"]
     return cl.Kernel(cl.Program(ctx, cfg.source.read_text()).build(options=options), cfg.function)
 
@@ -220,7 +285,7 @@ def run_on_cpu(p: AttentionProblem, cfg: KernelConfig) -> tuple[np.ndarray, np.n
     """Launch kernel ``cfg`` on the OpenCL CPU device with CUDA's grid and block shapes."""
     import pyopencl as cl
 
-    ctx, queue = _opencl_context()
+    ctx, queue, _ = _opencl_context()
     kernel = _opencl_kernel(cfg)
     kind, mb, mf, strides = mask_arguments(p)
     mf_ = cl.mem_flags
@@ -239,6 +304,17 @@ def run_on_cpu(p: AttentionProblem, cfg: KernelConfig) -> tuple[np.ndarray, np.n
     return out, lse
 
 
+def report() -> list[str]:
+    """Lines for ``python -m chordlab info``: which OpenCL device runs cuda-cpu, and which were passed over."""
+    try:
+        choice = opencl_choice()
+    except ImportError:
+        return ["  not available: pyopencl is not installed"]
+    except RuntimeError as exc:
+        return [f"  not available: {exc}"]
+    return [f"  OpenCL    {choice.device} on {choice.platform}"] + [f"  passed over  {r}" for r in choice.rejected]
+
+
 class CudaOnCpuBackend(Backend):
     name = "cuda-cpu"
     summary = "the CUDA kernels v1-v3 compiled as OpenCL C from the same .cu files, run on the CPU by PoCL"
@@ -247,6 +323,10 @@ class CudaOnCpuBackend(Backend):
     auto_priority = 200  # a correctness path, never the fast one
     options = ("kernel",)
     max_head_dim = MAX_HEAD_DIM
+    run_advice = f"use backend='simd' or 'tiled' meanwhile, or {OPENCL_FIX}"
+
+    def failure_reason(self, exc: BaseException) -> str:
+        return opencl_error_text(exc)
 
     def available(self) -> Availability:
         try:
@@ -255,9 +335,8 @@ class CudaOnCpuBackend(Backend):
             return Availability(False, "pyopencl is not installed: pip install pyopencl pocl-binary-distribution")
         try:
             _opencl_context()
-        except Exception as exc:  # pyopencl raises its own LogicError/RuntimeError kinds
-            return Availability(False, f"no OpenCL device ({exc}); install PoCL: pip install pocl-binary-distribution "
-                                       "(Linux x86-64) or Debian's pocl-opencl-icd")
+        except RuntimeError as exc:
+            return Availability(False, str(exc))
         return Availability(True)
 
     def extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None, causal=False,

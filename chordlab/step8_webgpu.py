@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import Availability, Backend, register
+from .backends import Availability, Backend, BackendError, register
 from .memory import device_copy_bytes
 from .validation import AttentionProblem, ProblemShape
 
@@ -273,7 +273,7 @@ def run_webgpu(p: AttentionProblem, cfg: WgslConfig) -> tuple[np.ndarray, np.nda
     dev.queue.submit([encoder.finish()])
     probe = int(np.frombuffer(dev.queue.read_buffer(check_buf), dtype=np.uint32)[0])
     if probe != PROBE_N:
-        raise RuntimeError(f"backend 'webgpu': the driver ({gd.describe()}) cut kernel {cfg.kernel}'s loops short "
+        raise BackendError(f"backend 'webgpu': the driver ({gd.describe()}) cut kernel {cfg.kernel}'s loops short "
                            f"(a loop or time limit), so its result would be wrong and is not returned. Use smaller "
                            f"tiles or fewer keys per call, or another backend.")
     out = np.frombuffer(dev.queue.read_buffer(out_buf), dtype=np.float32).reshape(p.q.shape).copy()
@@ -304,6 +304,7 @@ class WebGpuBackend(Backend):
     auto_priority = 150  # lavapipe is slow; a laptop GPU may not beat the SIMD kernels either
     options = ("kernel",)
     max_head_dim = MAX_HEAD_DIM
+    run_advice = "update the GPU driver (or Mesa), or use backend='simd'"
 
     def available(self) -> Availability:
         try:

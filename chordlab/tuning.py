@@ -26,7 +26,7 @@ import numpy as np
 from .api import attention
 from .backends import get_backend
 from .memory import predict_memory
-from .sysinfo import cpu_model
+from .sysinfo import cpu_identity
 from .timing import pinned_threads, time_interleaved
 from .validation import ProblemShape
 
@@ -257,7 +257,8 @@ def autotune(backend: str, shape, *, causal: bool = False, dtype=np.float32, blo
              force: bool = False, repeats: int = 3, progress: bool = True, **options) -> TuneResult:
     """The best (block_q, block_k) for ``backend`` on problems like ``shape``, from the cache or a sweep.
 
-    A cache entry is used only when it was measured on a CPU of the same model; an unreadable file or an entry
+    A cache entry is used only when it was measured on the same CPU (model, family/model/stepping, flags:
+    `sysinfo.CpuIdentity.key`); an unreadable file or an entry
     from another machine is ignored (the result's ``note`` and a warning say so) and replaced."""
     b = _tunable(backend)
     s = _as_shape(shape)
@@ -265,7 +266,7 @@ def autotune(backend: str, shape, *, causal: bool = False, dtype=np.float32, blo
     data, note = _load_cache(path)
     key = f"{backend}|{shape_class(s, causal, dtype)}"
     entry = data.get("entries", {}).get(key)
-    machine = cpu_model()
+    machine = cpu_identity().key()
     if entry and not force:
         if entry.get("cpu") == machine:
             return TuneResult(backend, entry["block_q"], entry["block_k"], entry["gflops"], True,

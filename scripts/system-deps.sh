@@ -2,7 +2,8 @@
 # Optional system parts some tests need. `make test` runs this first: as root it installs what is missing
 # with apt; otherwise it says what to install, and the tests that need it skip with the same message
 # (in CI, where we are root, they never skip: a missing tool fails the test).
-#   scripts/system-deps.sh            the aarch64 cross compiler and qemu (NEON tests), Mesa's lavapipe (WebGPU)
+#   scripts/system-deps.sh            the aarch64 cross compiler and qemu (NEON tests), Mesa's lavapipe (WebGPU),
+#                                     Debian's PoCL (the CPU OpenCL for cuda-cpu; see docs/cpu-opencl.md)
 #   scripts/system-deps.sh browser    chromium and a font (make test-browser)
 set -u
 need=()
@@ -15,6 +16,8 @@ else
   # Mesa's lavapipe: a Vulkan driver on the CPU, so the WebGPU kernels run without a GPU
   [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || [ -e /usr/share/vulkan/icd.d/lvp_icd.aarch64.json ] \
     || need+=(mesa-vulkan-drivers libvulkan1)
+  # PoCL 3.1 / LLVM 15: the wheel's PoCL (LLVM 14) cannot build for AMD Zen 5; chordlab probes both and picks one
+  [ -e /etc/OpenCL/vendors/pocl.icd ] || need+=(pocl-opencl-icd)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && have apt-get; then

@@ -79,3 +79,70 @@ def test_bf16_round_trip():
     y = step5_cuda.from_bf16_bits(step5_cuda.to_bf16_bits(x))
     np.testing.assert_allclose(y, x, rtol=2**-8)
     assert step5_cuda.from_bf16_bits(step5_cuda.to_bf16_bits(np.float32([1.0])))[0] == 1.0
+
+
+# ------------------------------------------------------------------ choosing the CPU OpenCL on purpose (issue 9)
+
+@pytest.fixture
+def fresh_probe():
+    """Run the once-per-process OpenCL probe again, before and after the test."""
+    step5_cuda._opencl_context.cache_clear()
+    step5_cuda._opencl_kernel.cache_clear()
+    yield
+    step5_cuda._opencl_context.cache_clear()
+    step5_cuda._opencl_kernel.cache_clear()
+
+
+def test_the_chosen_opencl_device_passed_the_probe():
+    choice = step5_cuda.opencl_choice()
+    assert choice.device and choice.platform
+    assert all(":" in r for r in choice.rejected)  # each device passed over says why
+
+
+def test_a_failing_probe_makes_the_backend_unavailable_everywhere_with_reason_and_fix(monkeypatch, fresh_probe):
+    """As on Zen 5 with the wheel's PoCL (LLVM 14): every build fails with "unknown target CPU 'generic'"."""
+    from chordlab import tuning, widgets
+
+    def broken(device):
+        raise RuntimeError("clBuildProgram failed:\n\nerror: unknown target CPU 'generic'\n")
+
+    monkeypatch.setattr(step5_cuda, "probe_device", broken)
+    a = chordlab.get_backend("cuda-cpu").available()
+    assert not a
+    assert "unknown target CPU 'generic'" in a.reason and "pocl-opencl-icd" in a.reason
+    row = next(r for r in chordlab.backends() if r.name == "cuda-cpu")
+    assert not row.available and "pocl-opencl-icd" in str(chordlab.backends())
+    q = np.ones((1, 1, 8, 8), np.float32)
+    p = chordlab.prepare(q, q, q)
+    reasons = dict(chordlab.explain_auto(p, kernel="v3"))
+    assert "unknown target CPU" in reasons["cuda-cpu"]
+    assert chordlab.choose_backend(p, kernel="v3").name != "cuda-cpu"
+    assert "cuda-cpu" not in widgets.tunable_backends()
+    with pytest.raises(RuntimeError, match="cuda-cpu.*unavailable.*unknown target CPU"):
+        tuning.sweep("cuda-cpu", (1, 1, 16, 8), [8], [8], repeats=1, progress=False)
+    with pytest.raises(RuntimeError, match="unavailable.*pocl-opencl-icd"):
+        chordlab.attention(q, q, q, backend="cuda-cpu")
+
+
+def test_a_run_time_failure_is_a_chordlab_error_naming_the_backend(monkeypatch):
+    import pyopencl as cl
+
+    def fails(cfg):
+        ctx = step5_cuda._opencl_context()[0]
+        return cl.Program(ctx, "__kernel void f() { this is not C; }").build()
+
+    monkeypatch.setattr(step5_cuda, "_opencl_kernel", fails)
+    q = np.ones((1, 1, 8, 8), np.float32)
+    with pytest.raises(chordlab.BackendError) as info:
+        chordlab.attention(q, q, q, backend="cuda-cpu")
+    text = str(info.value)
+    assert text.startswith("backend 'cuda-cpu' failed while running: error:") and "backend='simd'" in text
+    assert "_ErrorRecord" not in text and "0x" not in text
+    assert isinstance(info.value.original, cl.Error)
+
+
+def test_long_key_lengths_on_the_cpu_opencl(rng):
+    q = rng.standard_normal((1, 2, 9, 128)).astype(np.float32)
+    k = rng.standard_normal((1, 1, 4133, 128)).astype(np.float32)
+    for kernel in ("v1", "v2", "v3"):
+        assert_matches_reference(q, k, k, None, True, backend="cuda-cpu", kernel=kernel)

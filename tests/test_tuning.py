@@ -61,7 +61,7 @@ def test_autotune_caches_and_reuses(private_cache):
     assert not first.from_cache and (first.block_q, first.block_k) in {(16, 16), (16, 64), (32, 16), (32, 64)}
     data = json.loads(private_cache.read_text())
     (key, entry), = data["entries"].items()
-    assert key.startswith("tiled|D16-L64-full-float32") and entry["cpu"] == chordlab.sysinfo.cpu_model()
+    assert key.startswith("tiled|D16-L64-full-float32") and entry["cpu"] == chordlab.sysinfo.cpu_identity().key()
     again = tuning.autotune("tiled", (1, 2, 60, 16), repeats=1, progress=False)  # same shape class
     assert again.from_cache and (again.block_q, again.block_k) == (first.block_q, first.block_k)
 
