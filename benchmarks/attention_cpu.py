@@ -336,7 +336,7 @@ def main(argv=None):
                 cores=sysinfo.usable_cores(), python=platform.python_version(), numpy=np.__version__,
                 torch=torch.__version__ if torch else "not installed", best_isa=lib.detected,
                 flags={k: v for k, v in sysinfo.cpu_features().items()})
-    print(f"# {meta['cpu']}, {meta['cores']} cores, best ISA {meta['best_isa']}, torch {meta['torch']}", flush=True)
+    print(f"# {meta['cpu']}, best ISA {meta['best_isa']}, torch {meta['torch']}", flush=True)
     if args.quick:
         seqs, dims, threads, causals, mem_seqs = [256, 512, 1024], [64], [1], [False, True], [1024]
     else:

@@ -60,8 +60,29 @@ fig = plot_sweep_heatmap(table)
 plt.show()
 
 # %% [markdown]
-# Read the heatmap with the cache model beside it: the best cell (boxed) is usually the largest tile whose
-# working set still fits in L2 while its score tile stays small enough for L1. The NumPy kernel pays a Python
+# Read the heatmap with the cache model beside it. A simple rule would say: the best tile is the largest one
+# whose score tile fits in L1. Check that rule against the sweep you just ran:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+best = table.best
+score_tile = 4 * best.block_q * best.block_k
+l1 = caches.sizes.get("L1")
+print(f"best tile {best.block_q}x{best.block_k}: score tile {chordlab.format_bytes(score_tile)}, "
+      f"working set {chordlab.format_bytes(tuning.working_set_bytes(best.block_q, best.block_k, 64))}; "
+      f"L1 {chordlab.format_bytes(l1) if l1 else 'unknown'}, L2 {chordlab.format_bytes(caches.sizes.get('L2', 0))}")
+near = [r for r in table.rows if r.gflops is not None and r.gflops >= 0.95 * best.gflops]
+print(f"{len(near)} of {len(table.rows)} tiles are within 5% of the best:",
+      sorted((r.block_q, r.block_k) for r in near))
+
+# %% [markdown]
+# On this project's machines the rule fails for the C kernel: its best tile was 128×256 on one (a 128 KiB score
+# tile against a 32 KiB L1) and 128×128 on another (64 KiB against 48 KiB). The C kernel never sweeps the whole
+# score tile at once. Its micro-kernel works on a register block of it (6 or 8 rows × 16 or 32 columns), and
+# the hardware prefetcher streams K and V from L2 ahead of use. So **L2 is the level that bounds the tile**. A
+# bigger tile pays the online-softmax rescale and the loop overhead less often. The heatmap's colours start at
+# zero: tiles within a few percent of the best are as good as the best, and a rerun can move the box among
+# them. The NumPy kernel pays a Python
 # round trip per tile, so it prefers far larger tiles than the C kernel:
 
 # %%
