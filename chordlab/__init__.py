@@ -26,6 +26,7 @@ from .memory import (
     predict_memory,
     set_memory_limit,
 )
+from .solutions import solution
 from .step2_online_softmax import SoftmaxState, merge_states, online_softmax, softmax_naive, softmax_safe
 from .validation import AttentionProblem, ProblemShape, prepare
 
@@ -34,7 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "attention", "backends", "get_backend", "register", "Backend", "BackendError", "choose_backend", "explain_auto",
     "online_softmax", "softmax_naive", "softmax_safe", "SoftmaxState", "merge_states",
-    "MultiHeadAttention", "check", "prepare", "AttentionProblem", "ProblemShape",
+    "MultiHeadAttention", "check", "solution", "prepare", "AttentionProblem", "ProblemShape",
     "MemoryBudgetError", "memory_limit", "set_memory_limit", "get_memory_limit", "predict_memory",
     "measure_peak", "format_bytes", "__version__",
 ]

@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--force", action="store_true", help="tune again even when a cached result exists")
     demo = sub.add_parser("demo", help="the seed's demo (batch 1, 8 heads, seq 512, head dim 64), measured here")
     demo.add_argument("--seq-len", type=int, default=512)
+    prog = sub.add_parser("progress", help="the exercises you have passed on this machine")
+    prog.add_argument("--export", metavar="FILE", help="write them, with user, host and CPU, to FILE (for a teacher)")
     args = parser.parse_args(argv)
     if args.command == "info":
         print(info_report())
@@ -83,6 +85,17 @@ def main(argv: list[str] | None = None) -> int:
         source = "cached" if result.from_cache else "tuned"
         print(f"best for {args.backend}: block_q={result.block_q} block_k={result.block_k} "
               f"({result.gflops:.1f} GFLOP/s, {source}; saved in {cache_file()})")
+        return 0
+    if args.command == "progress":
+        from . import progress
+
+        print(progress.report())
+        if args.export:
+            try:
+                print("exported to", progress.export(args.export))
+            except OSError as exc:
+                print(f"error: cannot write {args.export}: {exc}", file=sys.stderr)
+                return 2
         return 0
     if args.command == "demo":
         from .demo import seed_demo

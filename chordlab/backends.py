@@ -14,6 +14,8 @@ A backend is one way of computing attention. Each one subclasses `Backend` and p
 
 from __future__ import annotations
 
+import functools
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -38,6 +40,21 @@ class Availability:
         return self.ok
 
 
+#: The NumPy backends, which every machine has; ``CHORDLAB_DISABLE=optional`` turns off all the others.
+ALWAYS_THERE = ("reference", "tiled")
+
+
+def disabled_by_env(name: str) -> Availability | None:
+    """``Availability(False, ...)`` when ``$CHORDLAB_DISABLE`` turns backend ``name`` off, else None.
+
+    ``CHORDLAB_DISABLE=simd,webgpu`` names backends; ``CHORDLAB_DISABLE=optional`` means every backend but
+    the NumPy ones: how the tests run the chapters as on a laptop that has none of the optional parts."""
+    wanted = {w.strip() for w in os.environ.get("CHORDLAB_DISABLE", "").split(",") if w.strip()}
+    if name in wanted or ("optional" in wanted and name not in ALWAYS_THERE):
+        return Availability(False, f"turned off by CHORDLAB_DISABLE={os.environ['CHORDLAB_DISABLE']}")
+    return None
+
+
 class Backend(ABC):
     name: str = ""
     summary: str = ""
@@ -52,7 +69,23 @@ class Backend(ABC):
     max_head_dim: int | None = None
 
     def available(self) -> Availability:
-        return Availability(True)
+        off = disabled_by_env(self.name)
+        return Availability(True) if off is None else off
+
+    def __init_subclass__(cls, **kwargs):
+        """Every backend's ``available`` answers "no" first when ``$CHORDLAB_DISABLE`` turns it off."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("available")
+        if own is None or getattr(own, "_honours_env", False):
+            return
+
+        @functools.wraps(own)
+        def available(self) -> Availability:
+            off = disabled_by_env(self.name)  # an Availability(False) is falsy: no `or` here
+            return own(self) if off is None else off
+
+        available._honours_env = True
+        cls.available = available
 
     def supports(self, problem: AttentionProblem) -> Availability:
         """Whether this backend can run this particular problem (dtype, head dim, ...)."""

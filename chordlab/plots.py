@@ -227,9 +227,10 @@ class SpeedRow:
 
 
 def speedup_table(backends, seq_lens, *, heads=8, head_dim=64, causal=False, repeats=3, threads=None,
-                  include_torch=True, seed=0) -> list[SpeedRow]:
+                  include_torch=True, seed=0, min_seconds=0.2) -> list[SpeedRow]:
     """Time each backend (and torch's CPU SDPA when installed) side by side, interleaved, per length; the
-    ratio is against the NumPy reference measured in the same rounds."""
+    ratio is against the NumPy reference measured in the same rounds, which are added until every contender
+    has run ``min_seconds`` in total (`timing.time_interleaved`)."""
     from .sysinfo import usable_cores
     from .timing import pinned_threads, time_interleaved
     from .validation import ProblemShape
@@ -258,7 +259,7 @@ def speedup_table(backends, seq_lens, *, heads=8, head_dim=64, causal=False, rep
     with pinned_threads(threads):
         for L in seq_lens:
             q, k, v = (r.standard_normal((1, heads, L, head_dim)).astype(np.float32) for _ in range(3))
-            t = time_interleaved(contenders(q, k, v), repeats=repeats)
+            t = time_interleaved(contenders(q, k, v), repeats=repeats, min_seconds=min_seconds)
             flops = ProblemShape.of(q.shape, k.shape).flops(causal)
             ref = t["reference"].median
             rows += [SpeedRow(L, n, x.median, x.gflops(flops), ref / x.median) for n, x in t.items()]

@@ -197,8 +197,10 @@ def library() -> SimdLibrary:
         try:
             from . import _simd
         except ImportError as exc:
-            _load_error = (f"the C extension is not built ({exc}); run `pip install -e .` "
-                           "(or `make setup`) with a C compiler installed")
+            note = Path(__file__).with_name("_simd_build_error.txt")
+            why = f"its build failed: {note.read_text().strip()}" if note.exists() else str(exc)
+            _load_error = (f"the C extension is not built ({why}); install a C compiler (gcc or clang) and run "
+                           "`pip install -e .` (or `make setup`) again")
             raise ImportError(_load_error) from exc
         _installed = SimdLibrary(_simd.ffi, _simd.lib, _simd.__file__)
     return _installed

@@ -18,6 +18,7 @@ the checks that reject a configuration before it is compiled.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -50,6 +51,7 @@ class KernelConfig:
     threads: int
     shared_bytes: int
     defines: tuple[tuple[str, int], ...]
+    source_dir: str = ""  # a folder with an edited copy of cuda/ (chapter 5's exercise); "" for cuda/ itself
 
     @property
     def function(self) -> str:
@@ -57,7 +59,7 @@ class KernelConfig:
 
     @property
     def source(self) -> Path:
-        return CUDA_DIR / f"flash_{self.version}.cu"
+        return Path(self.source_dir or CUDA_DIR) / f"flash_{self.version}.cu"
 
     def options(self) -> list[str]:
         return [f"-D{k}={v}" for k, v in self.defines]
@@ -277,7 +279,7 @@ def _opencl_kernel(cfg: KernelConfig):
     import pyopencl as cl
 
     ctx = _opencl_context()[0]
-    options = [*cfg.options(), f"-I{CUDA_DIR}", "-cl-std=CL1.2"]
+    options = [*cfg.options(), f"-I{cfg.source.parent}", f"-I{CUDA_DIR}", "-cl-std=CL1.2"]
     return cl.Kernel(cl.Program(ctx, cfg.source.read_text()).build(options=options), cfg.function)
 
 
@@ -321,7 +323,7 @@ class CudaOnCpuBackend(Backend):
     takes_block_sizes = True
     dtypes = (np.dtype(np.float32),)
     auto_priority = 200  # a correctness path, never the fast one
-    options = ("kernel",)
+    options = ("kernel", "source_dir")
     max_head_dim = MAX_HEAD_DIM
     run_advice = f"use backend='simd' or 'tiled' meanwhile, or {OPENCL_FIX}"
 
@@ -343,9 +345,15 @@ class CudaOnCpuBackend(Backend):
                     mask_shape=None, kernel="v3", **options) -> int:
         return device_copy_bytes(shape, mask_shape)  # the OpenCL device's copies, in host memory
 
-    def forward(self, problem, block_q=None, block_k=None, kernel="v3"):
+    def forward(self, problem, block_q=None, block_k=None, kernel="v3", source_dir=None):
+        """``source_dir``: run the kernel from an edited copy of ``cuda/`` (`chordlab.exercises.edited_copy`)."""
         _check_kernel_option(kernel, None, allow_v4=False)
-        return run_on_cpu(problem, kernel_config(kernel, problem.head_dim, block_q, block_k))
+        cfg = kernel_config(kernel, problem.head_dim, block_q, block_k)
+        if source_dir is not None:
+            if not (Path(source_dir) / cfg.source.name).is_file():
+                raise ValueError(f"source_dir {str(source_dir)!r} has no {cfg.source.name}")
+            cfg = dataclasses.replace(cfg, source_dir=str(source_dir))
+        return run_on_cpu(problem, cfg)
 
 
 # --------------------------------------------------------------------------------------------- GPU (PyCUDA)

@@ -75,3 +75,13 @@ def pinned_threads(n: int):
         finally:
             if torch:
                 torch.set_num_threads(before)
+
+
+def measured_here() -> str:
+    """A line for every stored timing: which machine measured it, and an invitation to measure yours."""
+    import datetime
+
+    from .sysinfo import cpu_identity
+
+    return (f"[timed on {cpu_identity().describe()}, {datetime.date.today()}; "
+            "numbers differ between machines: rerun this cell to measure yours]")

@@ -35,6 +35,7 @@ KERNEL void flash_v1(KERNEL_ARGS) {
         for (int d = 0; d < HEAD_DIM; d++) s += qi[d] * kh[(index_t)j * HEAD_DIM + d];
         s = s * scale + mask_bias(mask_b, mask_f, mask_kind, mbase, msi, msj, i, j);
         if (s == -INFINITY) continue; /* a hidden key adds nothing */
+        /* EXERCISE v1_update BEGIN (chapter 5: fold score s and value row j into m, l and acc) */
         const float m_new = fmaxf(m, s);
         const float alpha = expf(m - m_new); /* rescales what was summed under the old max */
         const float p = expf(s - m_new);
@@ -42,6 +43,7 @@ KERNEL void flash_v1(KERNEL_ARGS) {
 #pragma unroll
         for (int d = 0; d < HEAD_DIM; d++) acc[d] = acc[d] * alpha + p * vh[(index_t)j * HEAD_DIM + d];
         m = m_new;
+        /* EXERCISE v1_update END */
     }
     GLOBAL float *oi = out + (((index_t)b * Hq + h) * Lq + i) * HEAD_DIM;
     const float inv = l > 0.0f ? 1.0f / l : 0.0f;

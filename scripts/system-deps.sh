@@ -2,8 +2,9 @@
 # Optional system parts some tests need. `make test` runs this first: as root it installs what is missing
 # with apt; otherwise it says what to install, and the tests that need it skip with the same message
 # (in CI, where we are root, they never skip: a missing tool fails the test).
-#   scripts/system-deps.sh            the aarch64 cross compiler and qemu (NEON tests), Mesa's lavapipe (WebGPU),
-#                                     Debian's PoCL (the CPU OpenCL for cuda-cpu; see docs/cpu-opencl.md)
+#   scripts/system-deps.sh            the aarch64 cross compiler, qemu and clang (NEON and clang tests), Mesa's
+#                                     lavapipe (WebGPU),
+#                                     Debian's PoCL (the CPU OpenCL for cuda-cpu; see docs/drivers.md)
 #   scripts/system-deps.sh browser    chromium and a font (make test-browser)
 set -u
 need=()
@@ -13,6 +14,7 @@ if [ "${1:-}" = browser ]; then
 else
   have aarch64-linux-gnu-gcc || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)  # NEON build
   have qemu-aarch64 || need+=(qemu-user)                                           # ...run under qemu
+  have clang || need+=(clang)                                                      # the C builds with clang
   # Mesa's lavapipe: a Vulkan driver on the CPU, so the WebGPU kernels run without a GPU
   [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || [ -e /usr/share/vulkan/icd.d/lvp_icd.aarch64.json ] \
     || need+=(mesa-vulkan-drivers libvulkan1)

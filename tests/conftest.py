@@ -18,3 +18,11 @@ TOL = {np.dtype(np.float32): dict(rtol=2e-5, atol=2e-5), np.dtype(np.float64): d
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def private_progress(tmp_path, monkeypatch):
+    """Exercise passes go to a file of the test's own, never to the user's progress."""
+    path = tmp_path / "progress.json"
+    monkeypatch.setenv("CHORDLAB_PROGRESS", str(path))
+    return path

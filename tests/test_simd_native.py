@@ -2,7 +2,8 @@
 
 * built with AddressSanitizer + UndefinedBehaviorSanitizer and run over edge shapes (length 1, head dim 1,
   tails, fully masked rows, causal with more queries than keys) on every ISA this CPU runs;
-* cross-compiled for aarch64 and run under qemu-aarch64, so the NEON path is checked on an x86 machine.
+* cross-compiled for aarch64 and run under qemu-aarch64, so the NEON path is checked on an x86 machine;
+* built with clang too (macOS students' compiler), -Werror, for this CPU and for aarch64 (run under qemu).
 
 Each case is written by NumPy, computed by the driver, and compared with the NumPy reference.
 """
@@ -140,3 +141,40 @@ def test_neon_under_qemu(neon_driver, tmp_path):
     check_driver(run, tmp_path, "scalar")
     r = run(["--primitives", "neon"])
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+CLANG_FLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-pthread", f"-I{CSRC}"]
+
+
+@pytest.fixture(scope="module")
+def clang_driver(tmp_path_factory):
+    cc = require_tool("clang", "clang")
+    exe = tmp_path_factory.mktemp("clang") / "driver"
+    r = subprocess.run([cc, *CLANG_FLAGS, *[str(CSRC / s) for s in SOURCES], "-lm", "-o", str(exe)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return exe
+
+
+@pytest.mark.parametrize("isa", [i.name for i in step4_simd.library().isas() if i.supported])
+def test_clang_build_on_this_cpu(clang_driver, tmp_path, isa):
+    def run(args):
+        return subprocess.run([str(clang_driver), *args], capture_output=True, text=True, timeout=120)
+
+    check_driver(run, tmp_path, isa)
+
+
+def test_clang_build_for_aarch64_under_qemu(tmp_path):
+    cc = require_tool("clang", "clang")
+    require_tool("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu libc6-dev-arm64-cross")  # its libc and linker
+    require_tool("qemu-aarch64", "qemu-user")
+    exe = tmp_path / "driver"
+    r = subprocess.run([cc, "--target=aarch64-linux-gnu", "-static", *CLANG_FLAGS, *[str(CSRC / s) for s in SOURCES],
+                        "-lm", "-o", str(exe)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+    def run(args):
+        return subprocess.run(["qemu-aarch64", str(exe), *args], capture_output=True, text=True, timeout=300)
+
+    assert "best neon" in run(["--isas"]).stdout
+    check_driver(run, tmp_path, "neon")

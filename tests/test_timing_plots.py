@@ -56,3 +56,11 @@ def test_memory_table_and_plots():
     errs = plots.chunk_errors(np.random.default_rng(0).standard_normal((2, 64)), [1, 4, 64])
     assert all(e < 1e-6 for _, e in errs)
     assert plots.plot_chunk_error(errs).axes
+
+
+def test_stored_timings_name_their_machine_and_invite_a_rerun():
+    from chordlab.sysinfo import cpu_identity
+    from chordlab.timing import measured_here
+
+    line = measured_here()
+    assert cpu_identity().describe() in line and "rerun this cell" in line

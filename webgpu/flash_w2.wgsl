@@ -2,8 +2,8 @@
 // Adds over w1: the BLOCK_Q invocations of a workgroup (one query row each) load each tile of BLOCK_K keys
 // and values once into var<workgroup> arrays, wait at workgroupBarrier(), and all read it: one load from
 // storage serves BLOCK_Q rows. Each invocation then does the online softmax with the tile's max and sum.
-// Costs: workgroup memory, 8 * BLOCK_K * HEAD_DIM bytes, must fit the adapter's limit (16 KiB guaranteed,
-// 32 KiB on most); the score tile is a private array of BLOCK_K floats per invocation.
+// Costs: workgroup memory for the two tiles, which must fit the adapter's limit (16 KiB guaranteed, 32 KiB on
+// most: chapter 8's exercise counts it); the score tile is a private array of BLOCK_K floats per invocation.
 // Dispatch: (ceil(Lq / BLOCK_Q), Hq, B) workgroups of BLOCK_Q. Constants: HEAD_DIM, BLOCK_Q, BLOCK_K.
 
 const BLOCK_Q: u32 = $BLOCK_Q;

@@ -74,6 +74,18 @@ print("causal == explicit bottom-right mask:",
       np.allclose(chordlab.attention(qs, ks, vs, causal=True), chordlab.attention(qs, ks, vs, mask=explicit)))
 
 # %% [markdown]
+# **Careful when you compare with PyTorch.** `torch.nn.functional.scaled_dot_product_attention(..., is_causal=True)`
+# aligns the diagonal **top-left**: query `i` sees keys `j <= i`, whatever `Lk` is. FlashAttention (since 2.1)
+# and chordlab align it bottom-right. The two agree only when `Lq == Lk`. With `Lq < Lk`, PyTorch's last query
+# sees only the first `Lq` keys. To get PyTorch's result from chordlab, pass the top-left mask explicitly:
+
+# %%
+top_left = np.tril(np.ones((Lq, Lk), dtype=bool))  # PyTorch's is_causal=True
+print(top_left.astype(int))
+print("same as causal=True here?",
+      np.allclose(chordlab.attention(qs, ks, vs, mask=top_left), chordlab.attention(qs, ks, vs, causal=True)))
+
+# %% [markdown]
 # ## The memory wall
 # The score matrix has `B·H·Lq·Lk` entries: it grows with the *square* of the sequence length. chordlab
 # predicts each backend's bytes for a shape and measures the real peak (tracemalloc sees NumPy's buffers).

@@ -105,3 +105,18 @@ def tile_update(m, l, acc, S, V):
 
 
 chordlab.check("tile_update", tile_update)
+
+# %% [markdown]
+# ## Exercise 3b: the whole tiled forward
+# Now write the loop around that step for one head: `q [Lq, D]`, `k` and `v [Lk, D]`, tiles of `block_q` queries
+# and `block_k` keys. Return `(out [Lq, D], lse [Lq])`. With `causal=True`, use the bottom-right rule (query
+# `i` sees key `j` when `j <= i + Lk - Lq`), and **skip** every key tile that the rule hides from the whole
+# query tile: do not compute it and then mask it. A row that sees no key gives zeros and `lse = -inf`.
+# `check` counts the key rows you read, so it can tell whether you skip. Try it without scrolling up.
+
+# %%
+def tiled_forward(q, k, v, block_q, block_k, causal):
+    raise NotImplementedError  # your code here
+
+
+chordlab.check("tiled_forward", tiled_forward)

@@ -23,11 +23,12 @@ import numpy as np
 
 import chordlab
 from chordlab import step4_simd
+from chordlab.fallback import needs
 from chordlab.step4_simd import compile_c
-from chordlab.timing import pinned_threads, time_interleaved
+from chordlab.timing import measured_here, pinned_threads, time_interleaved
 
 rng = np.random.default_rng(4)
-lib = step4_simd.library()
+lib = step4_simd.library() if chordlab.get_backend("simd").available() else None
 CSRC = step4_simd.CSRC
 
 
@@ -100,7 +101,7 @@ CDEF = "double ns_per_dot(const float *a, const float *b, int64_t n, int64_t ite
 vector_flags = ["-mavx2", "-mfma"] if platform.machine() in ("x86_64", "AMD64") else []
 builds = {"-O3": ["-O3"], "-O3 -ffast-math " + " ".join(vector_flags): ["-O3", "-ffast-math", *vector_flags]}
 a64, b64 = rng.standard_normal(64).astype(np.float32), rng.standard_normal(64).astype(np.float32)
-print("compiled", len(builds), "builds of the same source")
+print("two builds of the same source to compile and time:", ", ".join(builds))
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -122,20 +123,22 @@ for label, flags in builds.items():
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-for info in lib.isas():
-    state = "runs here" if info.supported else ("CPU lacks it" if info.compiled else "not compiled (other architecture)")
-    print(f"{info.name:<7} {state}")
-print("detected best:", lib.detected)
+if needs("simd"):
+    for info in lib.isas():
+        state = "runs here" if info.supported else ("CPU lacks it" if info.compiled else "not compiled (other architecture)")
+        print(f"{info.name:<7} {state}")
+    print("detected best:", lib.detected)
 
 # %% [markdown]
 # Any path can be forced, per call (`isa=`) or for the whole process (`CHORDLAB_ISA=avx2`); asking for one the
 # CPU lacks is a clear error, not a crash:
 
 # %%
-try:
-    chordlab.attention(a64.reshape(8, 8), a64.reshape(8, 8), a64.reshape(8, 8), backend="simd", isa="sse9")
-except ValueError as e:
-    print("ValueError:", e)
+if needs("simd"):
+    try:
+        chordlab.attention(a64.reshape(8, 8), a64.reshape(8, 8), a64.reshape(8, 8), backend="simd", isa="sse9")
+    except ValueError as e:
+        print("ValueError:", e)
 
 # %% [markdown]
 # ## 4. The micro-kernel
@@ -158,19 +161,20 @@ show(CSRC / "flash_kernel.inc", "CL_INLINE void FN(scores_block)", "for (int c =
 # masks and block sizes, with hypothesis):
 
 # %%
-q = rng.standard_normal((2, 6, 200, 80)).astype(np.float32)
-k = rng.standard_normal((2, 2, 230, 80)).astype(np.float32)
-v = rng.standard_normal((2, 2, 230, 80)).astype(np.float32)
-mask = rng.random((2, 1, 200, 230)) < 0.8
-ok = True
-for info in lib.isas():
-    if info.supported:
-        for causal in (False, True):
-            want = chordlab.attention(q, k, v, mask=mask, causal=causal, backend="reference")
-            got = chordlab.attention(q, k, v, mask=mask, causal=causal, backend="simd", isa=info.name,
-                                     block_q=48, block_k=96)
-            ok &= bool(np.allclose(got, want, atol=2e-5, rtol=2e-5))
-print("every ISA path this CPU runs matches the reference (head dim 80, GQA, mask, causal):", ok)
+if needs("simd"):
+    q = rng.standard_normal((2, 6, 200, 80)).astype(np.float32)
+    k = rng.standard_normal((2, 2, 230, 80)).astype(np.float32)
+    v = rng.standard_normal((2, 2, 230, 80)).astype(np.float32)
+    mask = rng.random((2, 1, 200, 230)) < 0.8
+    ok = True
+    for info in lib.isas():
+        if info.supported:
+            for causal in (False, True):
+                want = chordlab.attention(q, k, v, mask=mask, causal=causal, backend="reference")
+                got = chordlab.attention(q, k, v, mask=mask, causal=causal, backend="simd", isa=info.name,
+                                         block_q=48, block_k=96)
+                ok &= bool(np.allclose(got, want, atol=2e-5, rtol=2e-5))
+    print("every ISA path this CPU runs matches the reference (head dim 80, GQA, mask, causal):", ok)
 
 # %% [markdown]
 # ## The climb, measured
@@ -181,26 +185,28 @@ print("every ISA path this CPU runs matches the reference (head dim 80, GQA, mas
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-q, k, v = (rng.standard_normal((1, 8, 512, 64)).astype(np.float32) for _ in range(3))
-flops = chordlab.ProblemShape.of(q.shape, k.shape).flops()
-steps = {}
-isas = [i.name for i in lib.isas() if i.supported]
-for isa in ["scalar", *[i for i in isas if i != "scalar"][::-1]]:
-    for alg in ("rowwise", "blocked"):
-        steps[f"{isa} {alg}"] = (lambda isa=isa, alg=alg: chordlab.attention(q, k, v, backend="simd", isa=isa,
-                                                                             algorithm=alg, threads=1))
-with pinned_threads(1):
-    climb = time_interleaved(steps, repeats=5)
-base = climb["scalar rowwise"].median
-for name, t in climb.items():
-    print(f"{name:<16} {t.gflops(flops):6.1f} GFLOP/s  {base / t.median:5.1f}x the seed's scalar design")
-fig, ax = plt.subplots(figsize=(7, 3.2))
-ax.barh(list(climb), [t.gflops(flops) for t in climb.values()], color=["C1" if "rowwise" in n else "C0" for n in climb])
-ax.invert_yaxis()
-ax.set_xlabel("GFLOP/s")
-ax.set_title("the seed's design (orange) and the blocked micro-kernels (blue)")
-fig.tight_layout()
-plt.show()
+if needs("simd"):
+    q, k, v = (rng.standard_normal((1, 8, 512, 64)).astype(np.float32) for _ in range(3))
+    flops = chordlab.ProblemShape.of(q.shape, k.shape).flops()
+    steps = {}
+    isas = [i.name for i in lib.isas() if i.supported]
+    for isa in ["scalar", *[i for i in isas if i != "scalar"][::-1]]:
+        for alg in ("rowwise", "blocked"):
+            steps[f"{isa} {alg}"] = (lambda isa=isa, alg=alg: chordlab.attention(q, k, v, backend="simd", isa=isa,
+                                                                                 algorithm=alg, threads=1))
+    with pinned_threads(1):
+        print(measured_here())
+        climb = time_interleaved(steps, repeats=5)
+    base = climb["scalar rowwise"].median
+    for name, t in climb.items():
+        print(f"{name:<16} {t.gflops(flops):6.1f} GFLOP/s  {base / t.median:5.1f}x the seed's scalar design")
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.barh(list(climb), [t.gflops(flops) for t in climb.values()], color=["C1" if "rowwise" in n else "C0" for n in climb])
+    ax.invert_yaxis()
+    ax.set_xlabel("GFLOP/s")
+    ax.set_title("the seed's design (orange) and the blocked micro-kernels (blue)")
+    fig.tight_layout()
+    plt.show()
 
 # %% [markdown]
 # ## 5. Timed on your machine
@@ -210,33 +216,35 @@ plt.show()
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-N, D = 1024, 64
-q, k, v = (rng.standard_normal((1, 8, N, D)).astype(np.float32) for _ in range(3))
-flops = chordlab.ProblemShape.of(q.shape, k.shape).flops()
-fns = {f"simd {i.name}": (lambda isa=i.name: chordlab.attention(q, k, v, backend="simd", isa=isa, threads=1))
-       for i in lib.isas() if i.supported}
-fns["numpy tiled"] = lambda: chordlab.attention(q, k, v, backend="tiled")
-fns["numpy reference"] = lambda: chordlab.attention(q, k, v, backend="reference")
-try:
-    import torch
-    import torch.nn.functional as F
+if needs("simd"):
+    N, D = 1024, 64
+    q, k, v = (rng.standard_normal((1, 8, N, D)).astype(np.float32) for _ in range(3))
+    flops = chordlab.ProblemShape.of(q.shape, k.shape).flops()
+    fns = {f"simd {i.name}": (lambda isa=i.name: chordlab.attention(q, k, v, backend="simd", isa=isa, threads=1))
+           for i in lib.isas() if i.supported}
+    fns["numpy tiled"] = lambda: chordlab.attention(q, k, v, backend="tiled")
+    fns["numpy reference"] = lambda: chordlab.attention(q, k, v, backend="reference")
+    try:
+        import torch
+        import torch.nn.functional as F
 
-    tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
-    fns["torch sdpa"] = lambda: F.scaled_dot_product_attention(tq, tk, tv)
-except ImportError:
-    print("torch not installed: `pip install -e .[bench]` adds it to the comparison")
-with pinned_threads(1):
-    timings = time_interleaved(fns, repeats=5)
-scalar = timings["simd scalar"].median
-for name, t in timings.items():
-    print(f"{name:<16} {t.median * 1e3:8.1f} ms  {t.gflops(flops):6.1f} GFLOP/s  {scalar / t.median:5.1f}x scalar")
-fig, ax = plt.subplots(figsize=(7, 3.6))
-ax.barh(list(timings), [t.gflops(flops) for t in timings.values()], color="C0")
-ax.set_xlabel("GFLOP/s (higher is better)")
-ax.set_title(f"attention, N={N}, head dim {D}, 8 heads, 1 thread")
-ax.invert_yaxis()
-fig.tight_layout()
-plt.show()
+        tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+        fns["torch sdpa"] = lambda: F.scaled_dot_product_attention(tq, tk, tv)
+    except ImportError:
+        print("torch not installed: `pip install -e .[bench]` adds it to the comparison")
+    with pinned_threads(1):
+        print(measured_here())
+        timings = time_interleaved(fns, repeats=5)
+    scalar = timings["simd scalar"].median
+    for name, t in timings.items():
+        print(f"{name:<16} {t.median * 1e3:8.1f} ms  {t.gflops(flops):6.1f} GFLOP/s  {scalar / t.median:5.1f}x scalar")
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.barh(list(timings), [t.gflops(flops) for t in timings.values()], color="C0")
+    ax.set_xlabel("GFLOP/s (higher is better)")
+    ax.set_title(f"attention, N={N}, head dim {D}, 8 heads, 1 thread")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    plt.show()
 
 # %% [markdown]
 # ## Memory
@@ -245,12 +253,13 @@ plt.show()
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-for N in (1024, 4096):
-    q, k, v = (rng.standard_normal((1, 8, N, 64)).astype(np.float32) for _ in range(3))
-    est = chordlab.predict_memory("simd", q.shape, k.shape)
-    _, peak = chordlab.measure_peak(chordlab.attention, q, k, v, backend="simd", return_lse=True)
-    print(f"N={N}: predicted {chordlab.format_bytes(est.total)} (output {chordlab.format_bytes(est.output)} + "
-          f"tiles {chordlab.format_bytes(est.extra)}), measured {chordlab.format_bytes(peak)}")
+if needs("simd"):
+    for N in (1024, 4096):
+        q, k, v = (rng.standard_normal((1, 8, N, 64)).astype(np.float32) for _ in range(3))
+        est = chordlab.predict_memory("simd", q.shape, k.shape)
+        _, peak = chordlab.measure_peak(chordlab.attention, q, k, v, backend="simd", return_lse=True)
+        print(f"N={N}: predicted {chordlab.format_bytes(est.total)} (output {chordlab.format_bytes(est.output)} + "
+              f"tiles {chordlab.format_bytes(est.extra)}), measured {chordlab.format_bytes(peak)}")
 
 # %% [markdown]
 # ## Editing the C
@@ -259,26 +268,33 @@ for N in (1024, 4096):
 # with a smaller AVX2 register block, then the two builds side by side.
 
 # %%
-work = Path(tempfile.mkdtemp()) / "csrc"
-shutil.copytree(CSRC, work, ignore=shutil.ignore_patterns("__pycache__"))
-avx2 = work / "isa_avx2.c"
-avx2.write_text(re.sub(r"#define S_MR 6", "#define S_MR 2", avx2.read_text()))
-edited = step4_simd.build_library(work)
-q, k, v = (rng.standard_normal((1, 8, 512, 64)).astype(np.float32) for _ in range(3))
-print("edited build matches the installed one:",
-      np.allclose(chordlab.attention(q, k, v, backend="simd", isa="scalar", library=edited),
-                  chordlab.attention(q, k, v, backend="simd", isa="scalar"), atol=1e-5))
+if needs("simd"):
+    work = Path(tempfile.mkdtemp()) / "csrc"
+    shutil.copytree(CSRC, work, ignore=shutil.ignore_patterns("__pycache__"))
+    avx2 = work / "isa_avx2.c"
+    avx2.write_text(re.sub(r"#define S_MR 6", "#define S_MR 2", avx2.read_text()))
+    edited = step4_simd.build_library(work)
+    q, k, v = (rng.standard_normal((1, 8, 512, 64)).astype(np.float32) for _ in range(3))
+    # Check the edited code itself: the AVX2 path, where the edit is (on a CPU without AVX2 it cannot run here).
+    if "avx2" in [i.name for i in lib.isas() if i.supported]:
+        print("edited AVX2 build matches the reference:",
+              np.allclose(chordlab.attention(q, k, v, backend="simd", isa="avx2", library=edited),
+                          chordlab.attention(q, k, v, backend="reference"), atol=1e-5))
+    else:
+        print("this CPU has no AVX2, so the edited AVX2 code cannot run (and is not checked) here")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-if "avx2" in [i.name for i in lib.isas() if i.supported]:
-    with pinned_threads(1):
-        t = time_interleaved({
-            "installed (S_MR=6)": lambda: chordlab.attention(q, k, v, backend="simd", isa="avx2", threads=1),
-            "edited (S_MR=2)": lambda: chordlab.attention(q, k, v, backend="simd", isa="avx2", threads=1,
-                                                          library=edited)}, repeats=5)
-    for name, timing in t.items():
-        print(f"{name:<20} {timing.median * 1e3:6.2f} ms")
+if needs("simd"):
+    if "avx2" in [i.name for i in lib.isas() if i.supported]:
+        with pinned_threads(1):
+            print(measured_here())
+            t = time_interleaved({
+                "installed (S_MR=6)": lambda: chordlab.attention(q, k, v, backend="simd", isa="avx2", threads=1),
+                "edited (S_MR=2)": lambda: chordlab.attention(q, k, v, backend="simd", isa="avx2", threads=1,
+                                                              library=edited)}, repeats=5)
+        for name, timing in t.items():
+            print(f"{name:<20} {timing.median * 1e3:6.2f} ms")
 
 # %% [markdown]
 # ## Exercise 4: a dot product in C
@@ -303,3 +319,27 @@ def my_dot(a, b):
 
 
 chordlab.check("c_dot", my_dot)
+
+# %% [markdown]
+# ## Exercise 4b: the score micro-kernel, in the real kernel
+# Now edit the kernel itself. In `csrc/flash_kernel.inc` (open it from JupyterLab's file browser), the function
+# `scores_block` computes a register block of scores: `acc[r][c]` is a vector of `W` lanes, the scores of key
+# `r` against queries `c·W .. c·W + W - 1`. The loop marked `EXERCISE scores_block` fills it:
+# `acc[r][c] += K[r][d] · QT[d][c·W ..]` for every `d < D`. Write that loop below in the vector vocabulary
+# (`vload`, `vset1`, `vfma`, with `mr`, `nr`, `ldk`, `ldq` as in the function). `edited_copy` puts your code in
+# a copy of `csrc/`, `build_library` compiles every ISA file of it, and `check` runs **your build** on every
+# instruction set this CPU has, against the reference.
+
+# %%
+MY_SCORES_LOOP = r"""
+    /* your code here */
+"""
+
+
+def my_kernel(q, k, v, isa):
+    edited_build = step4_simd.build_library(chordlab.exercises.edited_copy("c", "scores_block", MY_SCORES_LOOP))
+    return chordlab.attention(q, k, v, backend="simd", isa=isa, library=edited_build, threads=1)
+
+
+if needs("simd"):
+    print(chordlab.check("simd_scores_block", my_kernel))

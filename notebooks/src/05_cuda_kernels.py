@@ -87,8 +87,9 @@ except ValueError as e:
 print(header("v3"))
 
 # %% [markdown]
-# The row max of 32 scores, one per lane, in five butterfly steps: after step `o`, every lane holds the max of
-# a group of `2·o` lanes. On the CPU path the same source line becomes an exchange through local memory.
+# The row max of 32 scores, one per lane, in five butterfly steps. The loop runs `o = 16, 8, 4, 2, 1`, and lane
+# `i` takes the max with lane `i ^ o`: after step `o`, every lane holds the max of a group of `32 / o` lanes
+# (2 after the first step, 32 after the last). On the CPU path the same source line becomes an exchange through local memory.
 
 # %%
 text = (CUDA_DIR / "flash_v3.cu").read_text()
@@ -201,3 +202,27 @@ def v2_shared_bytes(D, block_q, block_k):
 
 
 chordlab.check("v2_shared_bytes", v2_shared_bytes)
+
+# %% [markdown]
+# ## Exercise 5b: change a CUDA kernel and run it on the CPU
+# In `cuda/flash_v1.cu`, the lines marked `EXERCISE v1_update` fold one key into a thread's running state:
+# score `s`, value row `vh[j·HEAD_DIM ..]`, running max `m`, sum `l` and output row `acc[HEAD_DIM]`. Write them
+# yourself below, in CUDA C (`fmaxf`, `expf`). `edited_copy` puts them in a copy of `cuda/`, and the `cuda-cpu`
+# backend compiles that copy as OpenCL C and runs it on this CPU, so you can test a GPU kernel without a GPU.
+# (On a GPU machine, the same folder compiles with nvcc.)
+
+# %%
+MY_V1_UPDATE = r"""
+        /* your code here */
+"""
+
+
+def my_v1(q, k, v, causal):
+    folder = chordlab.exercises.edited_copy("cuda", "v1_update", MY_V1_UPDATE)
+    return chordlab.attention(q, k, v, causal=causal, backend="cuda-cpu", kernel="v1", source_dir=folder)
+
+
+if cpu_path:
+    print(chordlab.check("cuda_v1_update", my_v1))
+else:
+    print("This exercise needs the CPU OpenCL, which is unavailable here:", cpu_path.reason)

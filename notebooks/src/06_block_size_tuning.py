@@ -18,6 +18,7 @@ import numpy as np
 import chordlab
 from chordlab import tuning
 from chordlab.plots import plot_cache_bar, plot_sweep_heatmap
+from chordlab.timing import measured_here
 from chordlab.widgets import TuningPanel, tunable_backends
 
 rng = np.random.default_rng(6)
@@ -53,6 +54,7 @@ print("tunable backends here:", tunable_backends())
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+print(measured_here())
 table = tuning.sweep("simd" if "simd" in tunable_backends() else "tiled", (1, 8, 1024, 64),
                      block_qs=[16, 32, 64, 128, 256], block_ks=[16, 32, 64, 128, 256], threads=1)
 print(table)
@@ -87,6 +89,7 @@ print(f"{len(near)} of {len(table.rows)} tiles are within 5% of the best:",
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+print(measured_here())
 tiled_table = tuning.sweep("tiled", (1, 8, 1024, 64), block_qs=[32, 128, 512], block_ks=[32, 128, 512],
                            threads=1, repeats=2)
 print("best for tiled:", (tiled_table.best.block_q, tiled_table.best.block_k),
