@@ -8,6 +8,11 @@
  * counter. Each item is computed by one thread from start to end, so results do not depend on the count.
  * POSIX threads rather than OpenMP: they exist wherever the kernels build (macOS's clang ships no OpenMP
  * runtime), and one mechanism everywhere keeps the thread behaviour the same on every machine.
+ * The threads are a persistent pool, created on first use and kept (as OpenMP, OpenVINO and ONNX Runtime
+ * keep theirs): a call wakes them instead of creating threads. Idle workers sleep on a condition variable and
+ * never spin, so they take no core from whatever runs next. One call uses the pool at a time; a concurrent
+ * call (another Python thread: cffi releases the GIL) creates its own threads as before. After fork() the
+ * child starts with an empty pool.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -189,6 +194,92 @@ static void *work(void *p) {
     return NULL;
 }
 
+/* The pool. Worker i (1-based; the caller is worker 0) runs workers[i] of a job when i < wanted. */
+#define POOL_MAX 256
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t start, done;
+    int64_t generation; /* bumped for every job */
+    int size;           /* pool threads alive */
+    int wanted, remaining;
+    worker_t *workers;
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, NULL};
+static pthread_mutex_t pool_in_use = PTHREAD_MUTEX_INITIALIZER;
+
+typedef struct {
+    int index;
+    int64_t seen; /* the generation before the job it was created for */
+} pool_arg;
+
+static void *pool_main(void *p) {
+    pool_arg arg = *(pool_arg *)p;
+    free(p);
+    pthread_mutex_lock(&pool.lock);
+    for (;;) {
+        while (pool.generation == arg.seen) pthread_cond_wait(&pool.start, &pool.lock);
+        arg.seen = pool.generation;
+        if (arg.index < pool.wanted) {
+            worker_t *w = &pool.workers[arg.index];
+            pthread_mutex_unlock(&pool.lock);
+            work(w);
+            pthread_mutex_lock(&pool.lock);
+            if (--pool.remaining == 0) pthread_cond_signal(&pool.done);
+        }
+    }
+    return NULL;
+}
+
+static void pool_reset_in_child(void) {
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.start, NULL);
+    pthread_cond_init(&pool.done, NULL);
+    pthread_mutex_init(&pool_in_use, NULL);
+    pool.size = pool.wanted = pool.remaining = 0;
+    pool.workers = NULL;
+}
+
+__attribute__((constructor)) static void pool_at_load(void) { pthread_atfork(NULL, NULL, pool_reset_in_child); }
+
+/* Run workers[0 .. threads) with the pool (the caller is worker 0); 0 when the pool is busy with another call. */
+static int run_in_pool(worker_t *workers, int64_t threads) {
+    if (pthread_mutex_trylock(&pool_in_use) != 0) return 0;
+    pthread_mutex_lock(&pool.lock);
+    while (pool.size < threads - 1 && pool.size < POOL_MAX) {
+        pool_arg *arg = (pool_arg *)malloc(sizeof *arg);
+        pthread_t tid;
+        if (!arg) break;
+        arg->index = pool.size + 1;
+        arg->seen = pool.generation;
+        if (pthread_create(&tid, NULL, pool_main, arg) != 0) { free(arg); break; }
+        pthread_detach(tid);
+        pool.size++;
+    }
+    const int helpers = (int)(threads - 1 < pool.size ? threads - 1 : pool.size);
+    pool.workers = workers;
+    pool.wanted = helpers + 1;
+    pool.remaining = helpers;
+    pool.generation++;
+    pthread_cond_broadcast(&pool.start);
+    pthread_mutex_unlock(&pool.lock);
+    work(&workers[0]); /* the items of any helper that could not be created go to the others */
+    pthread_mutex_lock(&pool.lock);
+    while (pool.remaining > 0) pthread_cond_wait(&pool.done, &pool.lock);
+    pool.workers = NULL;
+    pool.wanted = 0;
+    pthread_mutex_unlock(&pool.lock);
+    pthread_mutex_unlock(&pool_in_use);
+    return 1;
+}
+
+/* The same with threads of its own, created for this call (when the pool is busy). */
+static void run_with_new_threads(worker_t *workers, pthread_t *tids, int64_t threads) {
+    int64_t started = 1;
+    for (; started < threads; started++)
+        if (pthread_create(&tids[started], NULL, work, &workers[started]) != 0) break;
+    work(&workers[0]); /* the calling thread works too, and takes over the items of any thread that failed to start */
+    for (int64_t t = 1; t < started; t++) pthread_join(tids[t], NULL);
+}
+
 int cl_attention(int isa, cl_attention_args *a) {
     if (!cl_isa_supported(isa)) return CL_ERR_ISA;
     if (a->batch < 1 || a->heads_q < 1 || a->heads_kv < 1 || a->len_q < 1 || a->len_k < 1 || a->head_dim < 1 ||
@@ -220,11 +311,10 @@ int cl_attention(int isa, cl_attention_args *a) {
             workers[t].job = &job;
             workers[t].scratch = carve(base + (size_t)t * (per_thread / sizeof(float)), lay);
         }
-        int64_t started = 1;
-        for (; started < threads; started++)
-            if (pthread_create(&tids[started], NULL, work, &workers[started]) != 0) break;
-        work(&workers[0]); /* the calling thread works too, and takes over the items of any thread that failed to start */
-        for (int64_t t = 1; t < started; t++) pthread_join(tids[t], NULL);
+        if (threads == 1)
+            work(&workers[0]);
+        else if (!run_in_pool(workers, threads))
+            run_with_new_threads(workers, tids, threads);
     }
     free(workers);
     free(tids);

@@ -176,3 +176,31 @@ def test_rebuild_from_edited_sources(tmp_path, rng):
     b = chordlab.attention(q, k, v, backend="simd", isa="scalar")
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
     assert step4_simd.build_library(src, build_dir=tmp_path / "build").origin == rebuilt.origin  # cached
+
+
+def test_the_thread_pool_serves_concurrent_callers_and_forked_children(rng):
+    """The workers persist between calls; a second Python thread calling at the same time gets threads of its
+    own, and a child process after fork() starts a pool of its own: the same results every time."""
+    import os
+    import threading
+
+    q, k, v = (rng.standard_normal((2, 4, 333, 40)).astype(np.float32) for _ in range(3))
+    base = chordlab.attention(q, k, v, backend="simd", threads=1)
+    for threads in (2, 3, 2, 7, 2):
+        assert np.array_equal(chordlab.attention(q, k, v, backend="simd", threads=threads), base)
+    results = []
+
+    def caller():
+        results.append(all(np.array_equal(chordlab.attention(q, k, v, backend="simd", threads=2), base)
+                           for _ in range(4)))
+
+    callers = [threading.Thread(target=caller) for _ in range(4)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert results == [True] * 4
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's pool threads do not exist here
+        os._exit(0 if np.array_equal(chordlab.attention(q, k, v, backend="simd", threads=2), base) else 3)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
