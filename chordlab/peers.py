@@ -142,3 +142,43 @@ def sgemm_limit(threads: int, n: int = 2048) -> dict:
     out = json.loads(r.stdout.strip().splitlines()[-1])
     out["unset"] = [k for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ]
     return out
+
+
+@dataclass
+class Standing:
+    """Where the SIMD kernel stands on this machine: GFLOP/s of each contender and the sgemm limit."""
+
+    shape: tuple[int, int, int, int]
+    causal: bool
+    threads: int
+    gflops: dict[str, float]
+    sgemm: dict
+    missing: dict[str, str]
+
+
+def standing(seq_len: int = 1024, head_dim: int = 64, heads: int = 8, *, causal: bool = False, threads: int = 1,
+             repeats: int = 5, seed: int = 0) -> Standing:
+    """Time chordlab's SIMD kernel against the installed peers (each checked first), interleaved, and measure
+    the sgemm limit on the same threads. Missing peers are listed with the install command."""
+    import chordlab
+
+    from .timing import pinned_threads, time_interleaved
+    from .validation import ProblemShape
+
+    r = np.random.default_rng(seed)
+    q, k, v = (r.standard_normal((1, heads, seq_len, head_dim)).astype(np.float32) for _ in range(3))
+    want = chordlab.attention(q, k, v, causal=causal, backend="reference")
+    names, missing = available_peers()
+    fns = {"chordlab simd": lambda: chordlab.attention(q, k, v, causal=causal, backend="simd", threads=threads)}
+    for name in names:
+        peer = PEERS[name](q, k, v, causal, threads)
+        err = float(np.abs(peer.check() - want).max())
+        if not err < 1e-4:
+            missing[name] = f"its output differs from the reference by {err:.3g}, so it is not timed"
+            continue
+        fns[name] = peer.run
+    flops = ProblemShape.of(q.shape, k.shape).flops(causal)
+    with pinned_threads(threads):
+        t = time_interleaved(fns, repeats=repeats, warmup=1, min_seconds=0.3)
+    return Standing((1, heads, seq_len, head_dim), causal, threads, {n: x.gflops(flops) for n, x in t.items()},
+                    sgemm_limit(threads), missing)

@@ -313,3 +313,26 @@ def plot_roofline(gflops: dict, peak: float, title="How far from the limit"):
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def plot_standing(st, ax=None):
+    """Bars: GFLOP/s of chordlab and each peer (`peers.standing`), with the machine's sgemm as a dashed line."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+    else:
+        fig = ax.figure
+    names = list(st.gflops)
+    colors = ["C0" if n.startswith("chordlab") else "C7" for n in names]
+    ax.barh(names, [st.gflops[n] for n in names], color=colors)
+    ax.axvline(st.sgemm["gflops"], color="black", ls="--", lw=1.2,
+               label=f"this machine's sgemm: {st.sgemm['gflops']:.0f} GFLOP/s (the limit)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.invert_yaxis()
+    B, H, L, D = st.shape
+    ax.set_xlabel("GFLOP/s")
+    ax.set_title(f"N={L}, D={D}, {H} heads, {'causal' if st.causal else 'full'}, {st.threads} thread(s)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -293,7 +293,9 @@ class SimdBackend(Backend):
     name = "simd"
     summary = "C kernels (scalar/AVX2/AVX-512/NEON) through cffi, register-blocked micro-kernels, threads"
     takes_block_sizes = True
-    default_blocks = (64, 128)
+    # 128 x 128: 1.5-3.5% over 64 x 128 at head dim 64 and 128, N 2048, one thread on Zen 5 (family 26), and
+    # block_q = 128 also won the chapter 6 sweep on Zen 4; `block_q="auto"` tunes per machine.
+    default_blocks = (128, 128)
     dtypes = (np.dtype(np.float32),)
     auto_priority = 20
     options = ("isa", "threads", "library", "algorithm")

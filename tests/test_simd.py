@@ -159,7 +159,8 @@ def test_memory_is_output_plus_per_thread_tiles(rng):
     est = chordlab.predict_memory("simd", q.shape, k.shape, threads=2)
     (out, _), peak = chordlab.measure_peak(chordlab.attention, q, k, v, backend="simd", threads=2,
                                            return_lse=True)
-    assert est.extra == lib.scratch_bytes(None, D, 64, 128, 2)
+    bq, bk = chordlab.get_backend("simd").default_blocks
+    assert est.extra == lib.scratch_bytes(None, D, bq, bk, 2)
     assert abs(peak - est.total) <= 64 * 1024, (peak, est)
     assert est.extra <= 2 * out.nbytes  # O(N): tiles, never a score matrix
 

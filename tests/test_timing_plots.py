@@ -64,3 +64,19 @@ def test_stored_timings_name_their_machine_and_invite_a_rerun():
 
     line = measured_here()
     assert cpu_identity().describe() in line and "rerun this cell" in line
+
+
+def test_standing_times_the_kernel_against_installed_peers_and_sgemm(monkeypatch):
+    import importlib.util
+
+    from chordlab import peers
+    from chordlab.plots import plot_standing
+
+    st = peers.standing(seq_len=64, head_dim=16, heads=2, repeats=1)
+    assert "chordlab simd" in st.gflops and st.sgemm["gflops"] > 0 and st.sgemm["n"] == 2048
+    for name, module in peers.MODULES.items():
+        if importlib.util.find_spec(module) is None:
+            assert "pip install -e .[bench]" in st.missing[name]
+        else:
+            assert name in st.gflops or "differs from the reference" in st.missing[name]
+    assert plot_standing(st).axes[0].get_xlabel() == "GFLOP/s"

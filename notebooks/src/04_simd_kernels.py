@@ -247,6 +247,30 @@ if needs("simd"):
     plt.show()
 
 # %% [markdown]
+# ## Against the attention you would otherwise use
+# How does the kernel compare with the CPU attention of the big runtimes? `peers.standing` times it against
+# OpenVINO's ScaledDotProductAttention, ONNX Runtime's fused MultiHeadAttention and PyTorch's
+# `scaled_dot_product_attention`, whichever are installed (`pip install -e .[bench]`). It checks each against
+# the reference before timing it. The dashed line is this machine's sgemm: a matrix multiply at full speed is
+# the practical ceiling for work that is mostly matrix multiplies.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from chordlab import peers
+from chordlab.plots import plot_standing
+
+if needs("simd"):
+    print(measured_here())
+    st = peers.standing(seq_len=1024, head_dim=64, threads=1)
+    for name, why in st.missing.items():
+        print(f"not compared: {name}: {why}")
+    for name, g in st.gflops.items():
+        print(f"{name:<16} {g:6.1f} GFLOP/s  ({g / st.gflops['chordlab simd']:.2f}x chordlab, "
+              f"{g / st.sgemm['gflops']:.0%} of sgemm)")
+    fig = plot_standing(st)
+    plt.show()
+
+# %% [markdown]
 # ## Memory
 # The C kernel allocates the output and one set of tiles per thread (reported to tracemalloc, so
 # `measure_peak` sees it), never a score matrix:
