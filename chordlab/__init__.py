@@ -13,7 +13,7 @@ Every step is a backend of one function, `attention(q, k, v, ..., backend=...)`;
 """
 
 from . import step1_reference, step3_tiled, step4_simd, step5_cuda, step8_webgpu  # noqa: F401  (registers them)
-from .api import attention, choose_backend, explain_auto
+from .api import attention, attention_backward, choose_backend, explain_auto
 from .backends import Backend, BackendError, backends, get_backend, register
 from .exercises import check
 from .layers import MultiHeadAttention
@@ -33,7 +33,8 @@ from .validation import AttentionProblem, ProblemShape, prepare
 __version__ = "0.1.0"
 
 __all__ = [
-    "attention", "backends", "get_backend", "register", "Backend", "BackendError", "choose_backend", "explain_auto",
+    "attention", "attention_backward", "backends", "get_backend", "register", "Backend", "BackendError",
+    "choose_backend", "explain_auto",
     "online_softmax", "softmax_naive", "softmax_safe", "SoftmaxState", "merge_states",
     "MultiHeadAttention", "check", "solution", "prepare", "AttentionProblem", "ProblemShape",
     "MemoryBudgetError", "memory_limit", "set_memory_limit", "get_memory_limit", "predict_memory",

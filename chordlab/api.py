@@ -60,17 +60,21 @@ def choose_backend(problem: AttentionProblem, block_q=None, block_k=None, *, nee
     raise RuntimeError(f"no backend can run this request ({detail})")
 
 
-def run_forward(b: Backend, p: AttentionProblem, block_q, block_k, options: dict):
-    """``b.forward``, with a driver's or compiler's failure turned into a `BackendError` that says what to do
-    (argument errors and memory refusals pass through as they are)."""
+def run_backend(b: Backend, call):
+    """``call()`` (a backend's forward or backward), with a driver's or compiler's failure turned into a
+    `BackendError` that says what to do (argument errors and memory refusals pass through as they are)."""
     try:
-        return b.forward(p, block_q, block_k, **options)
-    except (ValueError, TypeError, BackendError, MemoryBudgetError):
+        return call()
+    except (ValueError, TypeError, BackendError, MemoryBudgetError, NotImplementedError):
         raise
     except Exception as exc:  # third-party driver errors come in many kinds
         err = BackendError(f"backend {b.name!r} failed while running: {b.failure_reason(exc)}; {b.run_advice}")
         err.original = exc
     raise err  # outside the except block: the third-party traceback is not printed with it
+
+
+def run_forward(b: Backend, p: AttentionProblem, block_q, block_k, options: dict):
+    return run_backend(b, lambda: b.forward(p, block_q, block_k, **options))
 
 
 def attention(q, k, v, *, mask=None, causal=False, scale=None, backend="auto", block_q=None,
@@ -138,3 +142,107 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, backend="auto", b
         out, lse = run_forward(b, p, block_q, block_k, options)
     out, lse = p.to_caller_layout(np.asarray(out, dtype=p.dtype), np.asarray(lse, dtype=p.dtype))
     return (out, lse) if return_lse else out
+
+
+def _check_like(name: str, x, shape: tuple, dtype: np.dtype, what: str) -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array ({what}), got {type(x).__name__}")
+    if x.dtype != dtype:
+        raise TypeError(f"{name} must have q's dtype {dtype} ({what}), got {x.dtype}")
+    if x.shape != shape:
+        raise ValueError(f"{name} must have shape {shape} ({what}), got {x.shape}")
+    return x
+
+
+def backward_backends(problem: AttentionProblem, block_q=None, block_k=None, **options
+                      ) -> list[tuple[str, str | None]]:
+    """Like `explain_auto`, for the backward: ``[(name, why it is passed over or None), ...]``."""
+    rows = []
+    for name in backend_names():
+        b = _REGISTRY[name]
+        why = None if b.has_backward else "has no backward pass yet"
+        why = why or _why_not(b, problem, block_q is not None or block_k is not None, block_q, block_k, options)
+        if why is None:
+            need = _backward_bytes(b, problem, block_q, block_k, options)
+            if need > get_memory_limit():
+                why = f"needs {format_bytes(need)}, over the memory limit"
+        rows.append((name, why))
+    return rows
+
+
+def _backward_bytes(b: Backend, p: AttentionProblem, block_q, block_k, options) -> int:
+    grads = p.q.nbytes + 2 * p.k.nbytes
+    return grads + b.backward_extra_bytes(p.shape, p.dtype.itemsize, block_q=block_q, block_k=block_k,
+                                          causal=p.causal, mask_shape=None if p.mask is None else p.mask.shape,
+                                          **options)
+
+
+def attention_backward(dout, q, k, v, out, lse, *, mask=None, causal=False, scale=None, backend="auto",
+                       block_q=None, block_k=None, **options):
+    """Gradients of `attention` with respect to q, k and v.
+
+    With ``O = softmax(S) V``, ``S = scale · Q Kᵀ + mask`` and a loss whose gradient with respect to O is
+    ``dout``: ``P = exp(S - lse)``, ``dV = Pᵀ dO``, ``dP = dO Vᵀ``, ``D = rowsum(dO ∘ O)``,
+    ``dS = P ∘ (dP - D)``, ``dQ = scale · dS K``, ``dK = scale · dSᵀ Q``.
+
+    Args:
+        dout: the gradient of the output, q's shape and dtype.
+        q, k, v, mask, causal, scale: exactly as given to `attention`.
+        out, lse: what ``attention(q, k, v, ..., return_lse=True)`` returned (q's shape; q's shape without D).
+        backend: a backend with a backward pass (``"tiled"``, ``"reference"``), or ``"auto"``: the fastest
+            available one that fits the memory budget.
+        block_q, block_k: tile sizes for backends that tile (``"auto"`` is not supported here).
+
+    Returns:
+        ``(dq, dk, dv)``: dq has q's shape, dk and dv k's shape; with grouped-query attention dk and dv sum
+        over the query heads of each group. Masks get no gradient. A query row whose every key is masked
+        gives zero gradients, and its keys receive nothing from it.
+
+    Raises:
+        TypeError / ValueError naming the argument for bad inputs (out, lse or dout that do not match q);
+        NotImplementedError for a backend without a backward pass; `chordlab.MemoryBudgetError` before
+        allocating past the memory limit; `chordlab.BackendError` when a driver fails.
+    """
+    p = prepare(q, k, v, mask=mask, causal=causal, scale=scale)
+    q_shape = np.shape(q)
+    dout = _check_like("dout", dout, q_shape, p.dtype, "the gradient of attention's output: q's shape")
+    out = _check_like("out", out, q_shape, p.dtype, "the output of attention(q, k, v, ..., return_lse=True)")
+    lse = _check_like("lse", lse, q_shape[:-1], p.dtype,
+                      "the lse of attention(q, k, v, ..., return_lse=True): q's shape without the head dim")
+    for name, value in (("block_q", block_q), ("block_k", block_k)):
+        if isinstance(value, str):
+            raise ValueError(f"{name}={value!r}: the backward takes block sizes or None (its defaults), not a "
+                             "tuning request")
+    block_q, block_k = check_block_size("block_q", block_q), check_block_size("block_k", block_k)
+    if backend == "auto":
+        reasons = backward_backends(p, block_q, block_k, **options)
+        name = next((n for n, why in reasons if why is None), None)
+        if name is None:
+            raise RuntimeError("no backend can run this backward (" + "; ".join(f"{n}: {w}" for n, w in reasons)
+                               + ")")
+        b = _REGISTRY[name]
+    else:
+        b = get_backend(backend)
+        if not b.has_backward:
+            with_one = ", ".join(n for n in backend_names() if _REGISTRY[n].has_backward)
+            raise NotImplementedError(f"backend {b.name!r} has no backward pass yet; backends with one: {with_one} "
+                                      "(or backend='auto')")
+        a = b.available()
+        if not a:
+            raise RuntimeError(f"backend {b.name!r} is unavailable: {a.reason}")
+        s = b.supports(p)
+        if not s:
+            raise TypeError(s.reason)
+        if (block_q is not None or block_k is not None) and not b.takes_block_sizes:
+            raise ValueError(f"backend {b.name!r} takes no block sizes; leave block_q and block_k as None")
+        b.check_options(options)
+    if p.q.size == 0 or p.len_k == 0:
+        dq, dk, dv = np.zeros_like(p.q), np.zeros_like(p.k), np.zeros_like(p.v)
+    else:
+        check_fits(f"the backward of backend {b.name!r} on q {list(p.q.shape)}, k {list(p.k.shape)} ({p.dtype})",
+                   _backward_bytes(b, p, block_q, block_k, options), b.memory_advice())
+        dout4, out4 = (np.ascontiguousarray(x).reshape(p.q.shape) for x in (dout, out))
+        lse4 = np.ascontiguousarray(lse).reshape(p.q.shape[:3])
+        dq, dk, dv = run_backend(b, lambda: b.backward(p, out4, lse4, dout4, block_q, block_k, **options))
+    return (np.asarray(dq, p.dtype).reshape(q_shape), np.asarray(dk, p.dtype).reshape(np.shape(k)),
+            np.asarray(dv, p.dtype).reshape(np.shape(v)))

@@ -116,6 +116,19 @@ class Backend(ABC):
         text = str(exc).strip()
         return (text.splitlines()[0] if text else type(exc).__name__)[:500]
 
+    #: Whether `backward` is implemented (`chordlab.attention_backward` passes over backends without it).
+    has_backward: bool = False
+
+    def backward(self, problem: AttentionProblem, out: np.ndarray, lse: np.ndarray, dout: np.ndarray,
+                 block_q: int | None = None, block_k: int | None = None, **options
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(dq [B,Hq,Lq,D], dk [B,Hkv,Lk,D], dv)`` from the forward's ``out``/``lse`` and ``dout``."""
+        raise NotImplementedError(f"backend {self.name!r} has no backward pass")
+
+    def backward_extra_bytes(self, shape: ProblemShape, itemsize: int, **options) -> int:
+        """Working bytes ``backward`` allocates beyond the three gradients."""
+        raise NotImplementedError(f"backend {self.name!r} has no backward pass")
+
     def check_options(self, options: dict) -> None:
         """TypeError for an option this backend does not take."""
         unknown = sorted(set(options) - set(self.options))

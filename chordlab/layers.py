@@ -9,13 +9,34 @@ transposed to the kernels' ``[B, H, L, D]``, attended, transposed back and proje
 
 Weights are drawn from a seeded generator, so two layers built with the same seed are identical and the
 output is the same whichever backend computes the attention.
+
+`backward(dy)` returns the gradients of the input(s) and of the four projections, through
+`chordlab.attention_backward` (the forward keeps q, k, v, its output and lse for it):
+
+    dWo = Oᵀ dy,  dO = dy Woᵀ  ->  (dq, dk, dv) = attention_backward(dO, ...)
+    dWq = xᵀ dq,  dWk = cᵀ dk,  dWv = cᵀ dv,  dx = dq Wqᵀ (+ dk Wkᵀ + dv Wvᵀ when c = x)
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from .api import attention
+from .api import attention, attention_backward
+
+
+@dataclass
+class MhaGrads:
+    """What `MultiHeadAttention.backward` returns: the input's gradient (``dcontext`` too for cross-attention,
+    else None) and the gradients of the four projection matrices."""
+
+    dx: np.ndarray
+    dcontext: np.ndarray | None
+    w_q: np.ndarray
+    w_k: np.ndarray
+    w_v: np.ndarray
+    w_o: np.ndarray
 
 
 class MultiHeadAttention:
@@ -76,10 +97,46 @@ class MultiHeadAttention:
         q = (x3 @ self.w_q).reshape(B, Lq, H, D).transpose(0, 2, 1, 3)
         k = (c3 @ self.w_k).reshape(B, Lk, Hkv, D).transpose(0, 2, 1, 3)
         v = (c3 @ self.w_v).reshape(B, Lk, Hkv, D).transpose(0, 2, 1, 3)
-        o = attention(q, k, v, mask=mask, causal=causal, backend=backend or self.backend,
-                      block_q=block_q, block_k=block_k)
-        y = o.transpose(0, 2, 1, 3).reshape(B, Lq, H * D) @ self.w_o
+        o, lse = attention(q, k, v, mask=mask, causal=causal, backend=backend or self.backend,
+                           block_q=block_q, block_k=block_k, return_lse=True)
+        o2 = o.transpose(0, 2, 1, 3).reshape(B, Lq, H * D)
+        y = o2 @ self.w_o
+        self._saved = dict(x=x3, c=c3, q=q, k=k, v=v, o=o, o2=o2, lse=lse, mask=mask, causal=causal,
+                           squeeze=squeeze, self_attention=context is x)
         return y[0] if squeeze else y
+
+    def backward(self, dy, *, backend: str = "auto") -> MhaGrads:
+        """Gradients for ``dy``, the gradient of the last `forward`'s output (same shape). ``backend``: one with
+        a backward pass (`chordlab.attention_backward`); the forward may have used any."""
+        saved = getattr(self, "_saved", None)
+        if saved is None:
+            raise RuntimeError("backward() needs a forward() first: it uses that call's activations")
+        dy = np.asarray(dy, dtype=self.dtype)
+        want = saved["o2"].shape[:2] + (self.d_model,)
+        want = want[1:] if saved["squeeze"] else want
+        if dy.shape != want:
+            raise ValueError(f"dy must have the shape of the last forward's output {want}, got {dy.shape}")
+        dy3 = dy[None] if saved["squeeze"] else dy
+        x3, c3, q, k, v, o = (saved[n] for n in ("x", "c", "q", "k", "v", "o"))
+        B, Lq, _ = x3.shape
+        Lk = c3.shape[1]
+        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        w_o = np.einsum("bli,blj->ij", saved["o2"], dy3)
+        do = (dy3 @ self.w_o.T).reshape(B, Lq, H, D).transpose(0, 2, 1, 3)
+        dq, dk, dv = attention_backward(np.ascontiguousarray(do), q, k, v, o, saved["lse"], mask=saved["mask"],
+                                        causal=saved["causal"], backend=backend)
+        dq2 = dq.transpose(0, 2, 1, 3).reshape(B, Lq, H * D)
+        dk2 = dk.transpose(0, 2, 1, 3).reshape(B, Lk, Hkv * D)
+        dv2 = dv.transpose(0, 2, 1, 3).reshape(B, Lk, Hkv * D)
+        grads = MhaGrads(dx=dq2 @ self.w_q.T, dcontext=dk2 @ self.w_k.T + dv2 @ self.w_v.T,
+                         w_q=np.einsum("bli,blj->ij", x3, dq2), w_k=np.einsum("bli,blj->ij", c3, dk2),
+                         w_v=np.einsum("bli,blj->ij", c3, dv2), w_o=w_o)
+        if saved["self_attention"]:
+            grads.dx, grads.dcontext = grads.dx + grads.dcontext, None
+        if saved["squeeze"]:
+            grads.dx = grads.dx[0]
+            grads.dcontext = None if grads.dcontext is None else grads.dcontext[0]
+        return grads
 
     def __repr__(self) -> str:
         return (f"MultiHeadAttention(d_model={self.d_model}, num_heads={self.num_heads}, "

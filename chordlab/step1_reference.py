@@ -11,10 +11,21 @@ computed in numbered passes, each over the whole ``[B, Hq, Lq, Lk]`` score matri
     pass 5  weight      O = P V,         lse = m + log l
 
 Every later kernel (online softmax, tiled, SIMD C, CUDA, WebGPU) fuses these passes and is checked
-against this one. Its cost is the score matrix: ``B·Hq·Lq·Lk`` numbers, so it checks the memory budget
-first and refuses (saying how much it needs) rather than letting the machine swap or die.
+against this one. The backward pass is written the same way (`reference_backward`), from the forward's
+``out`` and ``lse`` and the gradient of the output ``dO``:
 
-Run it: ``chordlab.attention(q, k, v, backend="reference")``.
+    pass 1  recompute   P = exp(scale · Q Kᵀ + mask - lse)   (the forward's normalized weights, not stored)
+    pass 2  values      dV = Pᵀ dO
+    pass 3  weights     dP = dO Vᵀ
+    pass 4  row dot     D = rowsum(dO ∘ O)                     (= rowsum(P ∘ dP): the softmax Jacobian's term)
+    pass 5  scores      dS = P ∘ (dP - D)
+    pass 6  inputs      dQ = scale · dS K,  dK = scale · dSᵀ Q
+
+Its cost is the score matrix: ``B·Hq·Lq·Lk`` numbers, so it checks the memory budget first and refuses
+(saying how much it needs) rather than letting the machine swap or die. The backward holds two of them.
+
+Run it: ``chordlab.attention(q, k, v, backend="reference")``;
+``chordlab.attention_backward(dout, q, k, v, out, lse, backend="reference")``.
 """
 
 from __future__ import annotations
@@ -85,6 +96,51 @@ def reference_forward(p: AttentionProblem) -> tuple[np.ndarray, np.ndarray]:
     return out, lse
 
 
+def recompute_weights(S: np.ndarray, lse: np.ndarray) -> np.ndarray:
+    """``P = exp(S - lse)`` in place on the masked scores ``S [..., bq, bk]``, lse ``[..., bq]``; a row that saw no
+    key (lse = -inf) gets weights 0, not NaN."""
+    lse_safe = np.where(np.isneginf(lse), np.inf, lse)[..., None]  # exp(S - inf) = 0
+    S -= lse_safe
+    np.exp(S, out=S)
+    return S
+
+
+def reference_backward(p: AttentionProblem, out: np.ndarray, lse: np.ndarray, dout: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The six backward passes over full score matrices. ``out``, ``dout`` ``[B,Hq,Lq,D]``, ``lse [B,Hq,Lq]``.
+    Returns ``(dq [B,Hq,Lq,D], dk, dv [B,Hkv,Lk,D])``; with GQA, dk and dv sum over the query heads of a group."""
+    B, Hq, Hkv, G = p.batch, p.heads_q, p.heads_kv, p.group
+    Lq, Lk, D = p.len_q, p.len_k, p.head_dim
+    q = p.q.reshape(B, Hkv, G, Lq, D)
+    k, v = p.k[:, :, None], p.v[:, :, None]
+    do = dout.reshape(B, Hkv, G, Lq, D)
+
+    # pass 1: recompute P from the scores and the forward's lse
+    S = np.matmul(q, k.swapaxes(-1, -2))
+    S *= p.scale
+    S = S.reshape(B, Hq, Lq, Lk)
+    apply_mask(S, p.mask, p.causal, p.causal_offset)
+    P = recompute_weights(S, lse).reshape(B, Hkv, G, Lq, Lk)
+
+    # pass 2: dV = P^T dO, summed over the query heads that share a kv head
+    dv = np.matmul(P.swapaxes(-1, -2), do).sum(axis=2)
+
+    # pass 3: dP = dO V^T
+    dS = np.matmul(do, v.swapaxes(-1, -2))
+
+    # pass 4: D = rowsum(dO * O)
+    Drow = np.einsum("bhgid,bhgid->bhgi", do, out.reshape(B, Hkv, G, Lq, D))[..., None]
+
+    # pass 5: dS = P * (dP - D), in place
+    dS -= Drow
+    dS *= P
+
+    # pass 6: dQ = scale dS K, dK = scale dS^T Q
+    dq = np.matmul(dS, k).reshape(B, Hq, Lq, D) * p.scale
+    dk = np.matmul(dS.swapaxes(-1, -2), q).sum(axis=2) * p.scale
+    return dq.astype(p.dtype, copy=False), dk.astype(p.dtype, copy=False), dv.astype(p.dtype, copy=False)
+
+
 class ReferenceBackend(Backend):
     name = "reference"
     summary = "NumPy, textbook O(N²): the full score matrix (the ground truth)"
@@ -108,6 +164,20 @@ class ReferenceBackend(Backend):
 
     def forward(self, problem, block_q=None, block_k=None, **options):
         return reference_forward(problem)
+
+    has_backward = True
+
+    def backward_extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None,
+                             causal=False, mask_shape=None, **options) -> int:
+        rows = shape.batch * shape.heads_q * shape.len_q
+        # P and dP/dS, each a full score matrix, plus dV's and dK's per-query-head products before the group sum
+        scores = 2 * rows * shape.len_k * itemsize
+        per_head = 2 * shape.batch * shape.heads_q * shape.len_k * shape.head_dim * itemsize
+        return scores + per_head + self.extra_bytes(shape, itemsize, causal=causal, mask_shape=mask_shape) \
+            - rows * shape.len_k * itemsize
+
+    def backward(self, problem, out, lse, dout, block_q=None, block_k=None, **options):
+        return reference_backward(problem, out, lse, dout)
 
 
 register(ReferenceBackend())

@@ -17,7 +17,12 @@ Causal attention skips key blocks that lie wholly above the diagonal and masks o
 All (batch, head) pairs are processed together per block, so the working set is
 ``B·Hq·block_q·(block_k + 2D)`` numbers, independent of the sequence length.
 
-Run it: ``chordlab.attention(q, k, v, backend="tiled", block_q=64, block_k=128)``.
+The backward (`tiled_backward`) is FlashAttention-2's: D = rowsum(dO ∘ O) once, then an outer loop over
+key/value tiles that holds that tile's dK and dV, and an inner loop over the query tiles that see it, which
+recomputes P from the forward's lse and adds each tile's share into dQ. Nothing of size N² is stored.
+
+Run it: ``chordlab.attention(q, k, v, backend="tiled", block_q=64, block_k=128)``;
+``chordlab.attention_backward(dout, q, k, v, out, lse, backend="tiled")``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backends import Backend, register
-from .step1_reference import apply_mask, safe_max
+from .step1_reference import apply_mask, recompute_weights, safe_max
 from .validation import AttentionProblem, ProblemShape
 
 
@@ -88,6 +93,47 @@ def tiled_forward(p: AttentionProblem, block_q: int, block_k: int) -> tuple[np.n
     return out.reshape(B, p.heads_q, Lq, D), lse.reshape(B, p.heads_q, Lq)
 
 
+def tiled_backward(p: AttentionProblem, out: np.ndarray, lse: np.ndarray, dout: np.ndarray, block_q: int,
+                   block_k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FlashAttention-2 backward over ``block_q x block_k`` tiles; returns ``(dq, dk, dv)`` like step 1's."""
+    B, Hkv, G = p.batch, p.heads_kv, p.group
+    Lq, Lk, D = p.len_q, p.len_k, p.head_dim
+    q = p.q.reshape(B, Hkv, G, Lq, D)
+    k, v = p.k[:, :, None], p.v[:, :, None]
+    do = dout.reshape(B, Hkv, G, Lq, D)
+    lse5 = lse.reshape(B, Hkv, G, Lq)
+    mask5 = _mask_as_groups(p.mask, Hkv, G)
+    offset = p.causal_offset
+    Drow = np.einsum("bhgid,bhgid->bhgi", do, out.reshape(B, Hkv, G, Lq, D))  # D = rowsum(dO * O), once
+
+    dq = np.zeros((B, Hkv, G, Lq, D), dtype=p.dtype)
+    dk = np.zeros((B, Hkv, Lk, D), dtype=p.dtype)
+    dv = np.zeros((B, Hkv, Lk, D), dtype=p.dtype)
+    for ks in range(0, Lk, block_k):
+        ke = min(ks + block_k, Lk)
+        k_blk, v_blk = k[..., ks:ke, :], v[..., ks:ke, :]
+        dk_acc = np.zeros((B, Hkv, G, ke - ks, D), dtype=p.dtype)
+        dv_acc = np.zeros_like(dk_acc)
+        # causal: rows before ks - offset see none of these keys; start at the query tile holding that row
+        q_start = (max(0, ks - offset) // block_q) * block_q if p.causal else 0
+        for qs in range(q_start, Lq, block_q):
+            qe = min(qs + block_q, Lq)
+            S = np.matmul(q[..., qs:qe, :], k_blk.swapaxes(-1, -2))
+            S *= p.scale
+            apply_mask(S, None if mask5 is None else _block(mask5, qs, qe, ks, ke),
+                       p.causal and ke - 1 > qs + offset, offset, qs, ks)
+            P = recompute_weights(S, lse5[..., qs:qe])
+            dv_acc += np.matmul(P.swapaxes(-1, -2), do[..., qs:qe, :])
+            dS = np.matmul(do[..., qs:qe, :], v_blk.swapaxes(-1, -2))
+            dS -= Drow[..., qs:qe, None]
+            dS *= P
+            dq[..., qs:qe, :] += np.matmul(dS, k_blk) * p.scale
+            dk_acc += np.matmul(dS.swapaxes(-1, -2), q[..., qs:qe, :])
+        dk[..., ks:ke, :] = dk_acc.sum(axis=2) * p.scale
+        dv[..., ks:ke, :] = dv_acc.sum(axis=2)
+    return dq.reshape(B, p.heads_q, Lq, D), dk, dv
+
+
 class TiledBackend(Backend):
     name = "tiled"
     summary = "NumPy FlashAttention: online softmax over block_q x block_k tiles, O(N) memory"
@@ -110,6 +156,23 @@ class TiledBackend(Backend):
 
     def forward(self, problem, block_q=None, block_k=None, **options):
         return tiled_forward(problem, *self.resolve_blocks(block_q, block_k))
+
+    has_backward = True
+
+    def backward_extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None,
+                             causal=False, mask_shape=None, **options) -> int:
+        bq, bk = self.resolve_blocks(block_q, block_k)
+        bq, bk = min(bq, max(shape.len_q, 1)), min(bk, max(shape.len_k, 1))
+        rows = shape.batch * shape.heads_q * bq
+        tiles = 3 * rows * bk * itemsize  # S/P, dS and a product's temporary
+        per_tile = 4 * shape.batch * shape.heads_q * bk * shape.head_dim * itemsize  # dK, dV partials and products
+        row_vectors = shape.batch * shape.heads_q * shape.len_q * itemsize  # D = rowsum(dO * O)
+        products = 2 * rows * shape.head_dim * itemsize  # dS K and its scaled copy
+        mask_temp = (2 * bq * bk if causal else 0) + (rows * bk if mask_shape is not None else 0)
+        return tiles + per_tile + row_vectors + products + mask_temp
+
+    def backward(self, problem, out, lse, dout, block_q=None, block_k=None, **options):
+        return tiled_backward(problem, out, lse, dout, *self.resolve_blocks(block_q, block_k))
 
 
 register(TiledBackend())

@@ -32,3 +32,43 @@ def test_mha_seeded_and_validated():
         chordlab.MultiHeadAttention(8, 4, 3)
     with pytest.raises(ValueError, match="d_model=8"):
         a(np.zeros((3, 9), dtype=np.float32))
+
+
+@pytest.mark.parametrize("kv_heads,cross,causal", [(2, False, True), (1, True, False)])
+def test_backward_gives_the_gradients_of_input_and_projections(kv_heads, cross, causal, rng):
+    """Every entry of dx (dcontext), dWq, dWk, dWv and dWo against central finite differences, float64."""
+    mha = chordlab.MultiHeadAttention(d_model=4, num_heads=2, num_kv_heads=kv_heads, seed=3, dtype=np.float64)
+    x = rng.standard_normal((2, 3, 4))
+    c = rng.standard_normal((2, 5, 4)) if cross else None
+    dy = rng.standard_normal((2, 3, 4))
+    mha(x, c, causal=causal)
+    g = mha.backward(dy, backend="tiled")
+
+    def numeric(array):
+        out = np.zeros_like(array)
+        for idx in np.ndindex(array.shape):
+            array[idx] += 1e-6
+            up = float((mha(x, c, causal=causal) * dy).sum())
+            array[idx] -= 2e-6
+            down = float((mha(x, c, causal=causal) * dy).sum())
+            array[idx] += 1e-6
+            out[idx] = (up - down) / 2e-6
+        return out
+
+    for name in ("w_q", "w_k", "w_v", "w_o"):
+        np.testing.assert_allclose(getattr(g, name), numeric(getattr(mha, name)), rtol=1e-6, atol=1e-8, err_msg=name)
+    np.testing.assert_allclose(g.dx, numeric(x), rtol=1e-6, atol=1e-8)
+    if cross:
+        np.testing.assert_allclose(g.dcontext, numeric(c), rtol=1e-6, atol=1e-8)
+    else:
+        assert g.dcontext is None
+
+
+def test_backward_needs_a_forward_and_the_right_shape(rng):
+    mha = chordlab.MultiHeadAttention(d_model=8, num_heads=2)
+    with pytest.raises(RuntimeError, match="needs a forward"):
+        mha.backward(np.zeros((3, 8)))
+    mha(rng.standard_normal((3, 8)).astype(np.float32))
+    with pytest.raises(ValueError, match=r"dy must have the shape of the last forward's output \(3, 8\)"):
+        mha.backward(np.zeros((4, 8)))
+    assert mha.backward(np.ones((3, 8))).dx.shape == (3, 8)

@@ -1,0 +1,161 @@
+"""The backward pass (`chordlab.attention_backward`): a real gradient check by central finite differences in
+float64, every backend with a backward against the reference's, FlashAttention's float32 rule, masked rows,
+layouts, bad inputs and the memory budget."""
+
+import numpy as np
+import pytest
+from helpers import problems
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import chordlab
+
+BACKWARD_BACKENDS = ["reference", "tiled"]
+
+
+def forward_and_grads(q, k, v, mask, causal, dout, **kw):
+    out, lse = chordlab.attention(q, k, v, mask=mask, causal=causal, return_lse=True, backend="reference")
+    return chordlab.attention_backward(dout, q, k, v, out, lse, mask=mask, causal=causal, **kw)
+
+
+def numeric_grads(q, k, v, mask, causal, dout, eps=1e-6):
+    """Central differences of L = sum(attention(q, k, v) * dout) for every entry of q, k and v."""
+    def loss(qq, kk, vv):
+        return float((chordlab.attention(qq, kk, vv, mask=mask, causal=causal, backend="reference") * dout).sum())
+
+    grads = []
+    for which in range(3):
+        args = [q.copy(), k.copy(), v.copy()]
+        g = np.zeros_like(args[which])
+        for idx in np.ndindex(g.shape):
+            args[which][idx] += eps
+            up = loss(*args)
+            args[which][idx] -= 2 * eps
+            down = loss(*args)
+            args[which][idx] += eps
+            g[idx] = (up - down) / (2 * eps)
+        grads.append(g)
+    return grads
+
+
+FD_CASES = [  # (B, Hq, Hkv, Lq, Lk, D, causal, mask kind)
+    (1, 2, 1, 5, 7, 3, False, None),
+    (1, 2, 2, 6, 4, 2, True, None),          # causal, Lq > Lk: the first rows see no key
+    (2, 2, 1, 4, 6, 3, True, "bool"),        # causal, Lq < Lk, GQA, a bool mask
+    (1, 1, 1, 5, 5, 4, False, "additive"),   # an additive float mask (gets no gradient)
+]
+
+
+@pytest.mark.parametrize("backend", BACKWARD_BACKENDS)
+@pytest.mark.parametrize("case", FD_CASES, ids=str)
+def test_gradients_match_central_finite_differences(backend, case, rng):
+    B, Hq, Hkv, Lq, Lk, D, causal, kind = case
+    q, k, v = (rng.standard_normal(s) for s in ((B, Hq, Lq, D), (B, Hkv, Lk, D), (B, Hkv, Lk, D)))
+    mask = None
+    if kind == "bool":
+        mask = rng.random((B, 1, Lq, Lk)) < 0.7
+    elif kind == "additive":
+        mask = np.where(rng.random((Lq, Lk)) < 0.8, rng.standard_normal((Lq, Lk)), -np.inf)
+    dout = rng.standard_normal((B, Hq, Lq, D))
+    got = forward_and_grads(q, k, v, mask, causal, dout, backend=backend, **({"block_q": 2, "block_k": 3}
+                                                                             if backend == "tiled" else {}))
+    for name, g, want in zip(("dq", "dk", "dv"), got, numeric_grads(q, k, v, mask, causal, dout), strict=True):
+        np.testing.assert_allclose(g, want, rtol=1e-6, atol=1e-8, err_msg=f"{name} ({backend}, {case})")
+
+
+@settings(max_examples=40)
+@given(problems(max_len=40, max_d=24, dtypes=(np.float64,)), st.integers(1, 9), st.integers(1, 9))
+def test_tiled_backward_matches_the_reference(prob, bq, bk):
+    q, k, v, mask, causal, _ = prob
+    dout = np.random.default_rng(q.size).standard_normal(q.shape)
+    want = forward_and_grads(q, k, v, mask, causal, dout, backend="reference")
+    got = forward_and_grads(q, k, v, mask, causal, dout, backend="tiled", block_q=bq, block_k=bk)
+    for name, g, w in zip(("dq", "dk", "dv"), got, want, strict=True):
+        assert not np.isnan(g).any()
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-10, err_msg=name)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 257, 64, 2, True), (2, 2, 130, 256, 1, False), (1, 3, 33, 1, 3, True)])
+def test_float32_error_within_twice_the_float32_reference(shape, rng):
+    """FlashAttention's rule: the float32 backend's error against float64 is at most 2x that of the float32
+    reference, plus a small atol (1e-6)."""
+    B, Hq, L, D, Hkv, causal = shape
+    q64, k64, v64 = (rng.standard_normal(s) for s in ((B, Hq, L, D), (B, Hkv, L + 5, D), (B, Hkv, L + 5, D)))
+    d64 = rng.standard_normal(q64.shape)
+    exact = forward_and_grads(q64, k64, v64, None, causal, d64, backend="reference")
+    q32, k32, v32, d32 = (a.astype(np.float32) for a in (q64, k64, v64, d64))
+    out, lse = chordlab.attention(q32, k32, v32, causal=causal, return_lse=True, backend="reference")
+    ref32 = chordlab.attention_backward(d32, q32, k32, v32, out, lse, causal=causal, backend="reference")
+    til32 = chordlab.attention_backward(d32, q32, k32, v32, out, lse, causal=causal, backend="tiled",
+                                        block_q=48, block_k=40)
+    for name, e, r, t in zip(("dq", "dk", "dv"), exact, ref32, til32, strict=True):
+        assert t.dtype == np.float32
+        assert np.abs(t - e).max() <= 2 * np.abs(r - e).max() + 1e-6, name
+
+
+@pytest.mark.parametrize("backend", BACKWARD_BACKENDS)
+def test_a_fully_masked_row_gives_zero_gradients_and_its_keys_get_nothing_from_it(backend, rng):
+    q, k, v = (rng.standard_normal((1, 2, n, 8)) for n in (6, 5, 5))
+    mask = np.ones((6, 5), bool)
+    mask[2] = False
+    dout = rng.standard_normal(q.shape)
+    dq, dk, dv = forward_and_grads(q, k, v, mask, False, dout, backend=backend)
+    assert np.all(dq[:, :, 2] == 0) and not np.isnan(dk).any()
+    quiet = dout.copy()
+    quiet[:, :, 2] = 0  # the masked row's gradient must not matter
+    _, dk2, dv2 = forward_and_grads(q, k, v, mask, False, quiet, backend=backend)
+    np.testing.assert_allclose(dk, dk2, atol=1e-12)
+    np.testing.assert_allclose(dv, dv2, atol=1e-12)
+
+
+def test_layouts_gqa_shapes_and_auto(rng):
+    q, k = rng.standard_normal((6, 9, 4)).astype(np.float32), rng.standard_normal((2, 11, 4)).astype(np.float32)
+    out, lse = chordlab.attention(q, k, k, return_lse=True)
+    dq, dk, dv = chordlab.attention_backward(np.ones_like(out), q, k, k, out, lse)
+    assert dq.shape == q.shape and dk.shape == dv.shape == k.shape and dq.dtype == np.float32
+    q2 = q[0]
+    out2, lse2 = chordlab.attention(q2, q2, q2, return_lse=True)
+    assert [g.shape for g in chordlab.attention_backward(out2, q2, q2, q2, out2, lse2)] == [q2.shape] * 3
+    p = chordlab.prepare(q, k, k)
+    reasons = dict(chordlab.api.backward_backends(p))
+    assert reasons["tiled"] is None and reasons["simd"] == "has no backward pass yet"
+
+
+def test_bad_inputs_get_clear_errors(rng):
+    q = rng.standard_normal((1, 2, 8, 4))
+    out, lse = chordlab.attention(q, q, q, return_lse=True)
+    bw = chordlab.attention_backward
+    with pytest.raises(ValueError, match=r"out must have shape \(1, 2, 8, 4\)"):
+        bw(out, q, q, q, out[..., :3], lse)
+    with pytest.raises(ValueError, match=r"lse must have shape \(1, 2, 8\)"):
+        bw(out, q, q, q, out, lse[..., None])
+    with pytest.raises(TypeError, match="dout must have q's dtype float64"):
+        bw(out.astype(np.float32), q, q, q, out, lse)
+    with pytest.raises(TypeError, match="lse must be a NumPy array"):
+        bw(out, q, q, q, out, lse.tolist())
+    with pytest.raises(NotImplementedError, match="backend 'simd' has no backward pass yet; backends with one"):
+        bw(out.astype(np.float32), *(a.astype(np.float32) for a in (q, q, q, out, lse)), backend="simd")
+    with pytest.raises(ValueError, match="not a tuning request"):
+        bw(out, q, q, q, out, lse, backend="tiled", block_q="auto")
+    with pytest.raises(ValueError, match="head dim D differs"):
+        bw(out, q, q[..., :3], q[..., :3], out, lse)
+
+
+def test_the_reference_refuses_past_the_memory_budget_and_tiled_does_not(rng):
+    q = rng.standard_normal((1, 4, 1500, 16)).astype(np.float32)
+    out, lse = chordlab.attention(q, q, q, return_lse=True, backend="tiled")
+    with chordlab.memory_limit("40 MiB"):
+        with pytest.raises(chordlab.MemoryBudgetError, match="the backward of backend 'reference'.*needs"):
+            chordlab.attention_backward(out, q, q, q, out, lse, backend="reference")
+        grads = chordlab.attention_backward(out, q, q, q, out, lse)  # auto passes over the reference
+    assert all(g.shape == q.shape for g in grads)
+
+
+def test_tiled_backward_memory_is_the_gradients_plus_tiles(rng):
+    L, H, D = 2048, 2, 32
+    q, k, v = (rng.standard_normal((1, H, L, D)).astype(np.float32) for _ in range(3))
+    out, lse = chordlab.attention(q, k, v, return_lse=True, backend="tiled")
+    _, peak = chordlab.measure_peak(chordlab.attention_backward, out, q, k, v, out, lse, backend="tiled")
+    grads = 3 * q.nbytes
+    scores = H * L * L * 4
+    assert peak < grads + scores / 8, (peak, grads, scores)  # no N² intermediate
