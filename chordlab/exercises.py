@@ -282,6 +282,28 @@ def _cases_cuda_v1_update():
             for name, q, k, v, causal, want in _attention_cases(7, shapes)]
 
 
+def _cases_tile_ds():
+    """Chapter 9: the backward of one tile: D = rowsum(dO * O), dS = P * (dO V^T - D)."""
+    r = _rng(9)
+    cases = []
+    for name, rows, bk, D, masked in [("a 4x6 tile", 4, 6, 3, False), ("a row that saw no key", 3, 5, 4, True)]:
+        S = r.standard_normal((rows, bk))
+        if masked:
+            S[1] = -np.inf
+        m = np.where(np.isneginf(S.max(axis=1)), 0.0, S.max(axis=1))
+        P = np.exp(S - m[:, None])
+        lsum = P.sum(axis=1)
+        P = np.divide(P, lsum[:, None], out=np.zeros_like(P), where=lsum[:, None] > 0)
+        V, dO = r.standard_normal((bk, D)), r.standard_normal((rows, D))
+        O = P @ V
+        expected = P * (dO @ V.T - (dO * O).sum(axis=1, keepdims=True))
+        cases.append(_Case(name, (P, dO, V, O), expected,
+                           "dP = dO @ V.T; D = (dO * O).sum(axis=1, keepdims=True); dS = P * (dP - D)",
+                           nudge="the softmax's Jacobian: dS_ij = P_ij (dP_ij - sum_k P_ik dP_ik), and that sum "
+                                 "equals rowsum(dO * O)"))
+    return cases
+
+
 _EXERCISES = {
     "score_matrix_bytes": _cases_score_matrix_bytes,
     "attention_2d": _cases_attention_2d,
@@ -295,6 +317,7 @@ _EXERCISES = {
     "working_set": _cases_working_set,
     "mha_params": _cases_mha_params,
     "w2_workgroup_bytes": _cases_w2_workgroup_bytes,
+    "tile_ds": _cases_tile_ds,
 }
 
 _misses: dict[str, int] = {}

@@ -134,9 +134,15 @@ def w2_workgroup_bytes(D, block_k):
     return 2 * block_k * D * 4
 
 
+def tile_ds(P, dO, V, O):
+    dP = dO @ V.T
+    Drow = (dO * O).sum(axis=1, keepdims=True)
+    return P * (dP - Drow)
+
+
 SOLUTIONS = {f.__name__: f for f in (score_matrix_bytes, attention_2d, merge_states, tile_update, tiled_forward,
                                      c_dot, simd_scores_block, v2_shared_bytes, cuda_v1_update, working_set,
-                                     mha_params, w2_workgroup_bytes)}
+                                     mha_params, w2_workgroup_bytes, tile_ds)}
 EDITS = {"simd_scores_block": SCORES_BLOCK, "cuda_v1_update": V1_UPDATE}
 
 
