@@ -60,6 +60,21 @@ def choose_backend(problem: AttentionProblem, block_q=None, block_k=None, *, nee
     raise RuntimeError(f"no backend can run this request ({detail})")
 
 
+def named_backend(name: str, p: AttentionProblem, blocks_given: bool, options: dict) -> Backend:
+    """The backend called ``name``, after checking that it can take this request; the error says why not."""
+    b = get_backend(name)
+    a = b.available()
+    if not a:
+        raise RuntimeError(f"backend {b.name!r} is unavailable: {a.reason}")
+    s = b.supports(p)
+    if not s:
+        raise TypeError(s.reason)
+    if blocks_given and not b.takes_block_sizes:
+        raise ValueError(f"backend {b.name!r} takes no block sizes; leave block_q and block_k as None")
+    b.check_options(options)
+    return b
+
+
 def run_backend(b: Backend, call):
     """``call()`` (a backend's forward or backward), with a driver's or compiler's failure turned into a
     `BackendError` that says what to do (argument errors and memory refusals pass through as they are)."""
@@ -114,16 +129,7 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, backend="auto", b
     if backend == "auto":
         b = choose_backend(p, block_q, block_k, needs_blocks=tune_q or tune_k, **options)
     else:
-        b = get_backend(backend)
-        a = b.available()
-        if not a:
-            raise RuntimeError(f"backend {b.name!r} is unavailable: {a.reason}")
-        s = b.supports(p)
-        if not s:
-            raise TypeError(s.reason)
-        if (block_q is not None or block_k is not None or tune_q or tune_k) and not b.takes_block_sizes:
-            raise ValueError(f"backend {b.name!r} takes no block sizes; leave block_q and block_k as None")
-        b.check_options(options)
+        b = named_backend(backend, p, block_q is not None or block_k is not None or tune_q or tune_k, options)
     if (tune_q or tune_k) and p.q.size and p.len_k:
         from .tuning import autotune
 
@@ -222,20 +228,11 @@ def attention_backward(dout, q, k, v, out, lse, *, mask=None, causal=False, scal
                                + ")")
         b = _REGISTRY[name]
     else:
-        b = get_backend(backend)
-        if not b.has_backward:
+        if not get_backend(backend).has_backward:
             with_one = ", ".join(n for n in backend_names() if _REGISTRY[n].has_backward)
-            raise NotImplementedError(f"backend {b.name!r} has no backward pass yet; backends with one: {with_one} "
+            raise NotImplementedError(f"backend {backend!r} has no backward pass yet; backends with one: {with_one} "
                                       "(or backend='auto')")
-        a = b.available()
-        if not a:
-            raise RuntimeError(f"backend {b.name!r} is unavailable: {a.reason}")
-        s = b.supports(p)
-        if not s:
-            raise TypeError(s.reason)
-        if (block_q is not None or block_k is not None) and not b.takes_block_sizes:
-            raise ValueError(f"backend {b.name!r} takes no block sizes; leave block_q and block_k as None")
-        b.check_options(options)
+        b = named_backend(backend, p, block_q is not None or block_k is not None, options)
     if p.q.size == 0 or p.len_k == 0:
         dq, dk, dv = np.zeros_like(p.q), np.zeros_like(p.k), np.zeros_like(p.v)
     else:
