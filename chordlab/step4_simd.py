@@ -89,25 +89,16 @@ class SimdLibrary:
         return int(per) * threads
 
     # -- the kernel -----------------------------------------------------------------------------------
-    def attention(self, p: AttentionProblem, block_q: int, block_k: int, isa: str | None = None,
-                  threads: int | None = None, algorithm: str = "blocked") -> tuple[np.ndarray, np.ndarray]:
+    def _args(self, p: AttentionProblem, block_q: int, block_k: int, threads, keep: list):
+        """The C argument struct for problem ``p`` (cffi views kept alive in ``keep``)."""
         ffi = self.ffi
-        index = self.isa_index(isa)
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-        threads = resolve_threads(threads)
-        out = np.empty(p.q.shape, dtype=np.float32)
-        lse = np.empty(p.q.shape[:3], dtype=np.float32)
         a = ffi.new("cl_attention_args *")
-        keep = [ffi.from_buffer("float[]", x) for x in (p.q, p.k, p.v)]
-        a.q, a.k, a.v = keep
-        a.out = ffi.from_buffer("float[]", out, require_writable=True)
-        a.lse = ffi.from_buffer("float[]", lse, require_writable=True)
+        keep += [ffi.from_buffer("float[]", x) for x in (p.q, p.k, p.v)]
+        a.q, a.k, a.v = keep[-3:]
         a.batch, a.heads_q, a.heads_kv = p.batch, p.heads_q, p.heads_kv
         a.len_q, a.len_k, a.head_dim = p.len_q, p.len_k, p.head_dim
         a.scale, a.causal = p.scale, int(p.causal)
-        a.block_q, a.block_k, a.threads = block_q, block_k, threads
-        a.algorithm = ALGORITHMS[algorithm]
+        a.block_q, a.block_k, a.threads = block_q, block_k, resolve_threads(threads)
         mask = p.mask
         if mask is not None:
             if mask.dtype == np.bool_:
@@ -120,10 +111,49 @@ class SimdLibrary:
             a.mask = buf
             strides = [s // mask.itemsize if n > 1 else 0 for s, n in zip(mask.strides, mask.shape, strict=True)]
             a.mask_sb, a.mask_sh, a.mask_si, a.mask_sj = strides
+        return a
+
+    def attention(self, p: AttentionProblem, block_q: int, block_k: int, isa: str | None = None,
+                  threads: int | None = None, algorithm: str = "blocked") -> tuple[np.ndarray, np.ndarray]:
+        ffi = self.ffi
+        index = self.isa_index(isa)
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        out = np.empty(p.q.shape, dtype=np.float32)
+        lse = np.empty(p.q.shape[:3], dtype=np.float32)
+        keep: list = []
+        a = self._args(p, block_q, block_k, threads, keep)
+        a.out = ffi.from_buffer("float[]", out, require_writable=True)
+        a.lse = ffi.from_buffer("float[]", lse, require_writable=True)
+        a.algorithm = ALGORITHMS[algorithm]
         rc = self.lib.cl_attention(index, a)
         if rc != 0:
             raise RuntimeError(f"the C kernel failed: {_ERRORS.get(rc, rc)}")
         return out, lse
+
+    def backward(self, p: AttentionProblem, out: np.ndarray, lse: np.ndarray, dout: np.ndarray, block_q: int,
+                 block_k: int, isa: str | None = None, threads: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(dq, dk, dv)`` by the C backward (two deterministic passes, see chordlab_simd.h)."""
+        ffi = self.ffi
+        index = self.isa_index(isa)
+        lse = np.ascontiguousarray(lse, dtype=np.float32)
+        dout = np.ascontiguousarray(dout, dtype=np.float32)
+        drow = np.einsum("bhld,bhld->bhl", dout, out, dtype=np.float32)  # D = rowsum(dO * O)
+        dq = np.empty(p.q.shape, np.float32)
+        dk, dv = np.empty(p.k.shape, np.float32), np.empty(p.v.shape, np.float32)
+        keep: list = [lse]
+        a = self._args(p, block_q, block_k, threads, keep)
+        a.lse = ffi.from_buffer("float[]", lse, require_writable=True)
+        g = ffi.new("cl_backward_args *")
+        views = [ffi.from_buffer("float[]", x) for x in (dout, drow)]
+        g.dout, g.drow = views
+        outs = [ffi.from_buffer("float[]", x, require_writable=True) for x in (dq, dk, dv)]
+        g.dq, g.dk, g.dv = outs
+        rc = self.lib.cl_attention_backward(index, a, g)
+        if rc != 0:
+            raise RuntimeError(f"the C backward failed: {_ERRORS.get(rc, rc)}")
+        return dq, dk, dv
 
     # -- primitives (the seed's micro-benchmarks and chapter 4) ---------------------------------------
     def _vec(self, name: str, x) -> np.ndarray:
@@ -326,6 +356,26 @@ class SimdBackend(Backend):
         lib = library or globals()["library"]()
         return lib.attention(problem, *self.resolve_blocks(block_q, block_k), isa=isa, threads=threads,
                              algorithm=algorithm)
+
+    has_backward = True
+
+    def backward_extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None,
+                             causal=False, mask_shape=None, isa=None, threads=None, library=None, **options) -> int:
+        bq, bk = self.resolve_blocks(block_q, block_k)
+        items = shape.batch * shape.heads_q * -(-shape.len_q // bq)
+        n_threads = max(1, min(resolve_threads(threads), items))
+        D, W = shape.head_dim, 16
+        ldq, dp = -(-bq // W) * W, -(-D // W) * W
+        per_thread = 4 * (2 * D * ldq + 2 * bk * ldq + ldq * dp + bk * dp + 2 * max(ldq, bk) * dp + 3 * max(ldq, bk)
+                          + 6 * 16)
+        return per_thread * n_threads + shape.batch * shape.heads_q * shape.len_q * 4  # + D = rowsum(dO * O)
+
+    def backward(self, problem, out, lse, dout, block_q=None, block_k=None, isa=None, threads=None, library=None,
+                 algorithm="blocked"):
+        if algorithm != "blocked":
+            raise ValueError("the C backward has one algorithm, 'blocked'")
+        lib = library or globals()["library"]()
+        return lib.backward(problem, out, lse, dout, *self.resolve_blocks(block_q, block_k), isa=isa, threads=threads)
 
 
 register(SimdBackend())

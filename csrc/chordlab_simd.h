@@ -62,6 +62,18 @@ int64_t cl_scratch_bytes_per_thread(int isa, int64_t head_dim, int block_q, int 
 /* The FlashAttention forward. Returns CL_OK or a CL_ERR_* code. */
 int cl_attention(int isa, cl_attention_args *args);
 
+/* The backward pass (FlashAttention-2's, chapter 9). args are the forward's, with args->lse read (the
+ * forward's lse); args->out is not used. Deterministic: a first pass over (batch, kv head, key tile) owns each
+ * tile's dK and dV, a second over (batch, query head, query tile) owns each tile's dQ, so no two threads add
+ * into the same number and results are bit-identical for any thread count (no atomics). */
+typedef struct {
+    const float *dout; /* [B, Hq, Lq, D] the gradient of the output */
+    const float *drow; /* [B, Hq, Lq]    D = rowsum(dout * out), computed by the caller */
+    float *dq;         /* [B, Hq, Lq, D]  written */
+    float *dk, *dv;    /* [B, Hkv, Lk, D] written */
+} cl_backward_args;
+int cl_attention_backward(int isa, cl_attention_args *args, const cl_backward_args *grads);
+
 /* Primitives, per ISA (the seed's dot and weighted add, and the pieces of the softmax). */
 float cl_dot(int isa, const float *a, const float *b, int64_t n);
 void cl_axpy(int isa, float alpha, const float *x, float *y, int64_t n); /* y += alpha * x */

@@ -169,27 +169,37 @@ static cl_scratch carve(float *base, scratch_layout s) {
 
 /* ------------------------------------------------------------------ threads */
 
+enum { JOB_FORWARD, JOB_BACKWARD_DKV, JOB_BACKWARD_DQ };
+
 typedef struct {
     const cl_attention_args *args;
     const cl_isa_impl *impl;
     int64_t n_items;
     int64_t next; /* atomic */
+    int kind;
+    const cl_backward_args *grads;
 } job_t;
 
 typedef struct {
     job_t *job;
     cl_scratch scratch;
+    cl_bscratch bscratch;
 } worker_t;
 
 static void *work(void *p) {
     worker_t *w = (worker_t *)p;
+    const job_t *job = w->job;
     for (;;) {
         const int64_t item = __atomic_fetch_add(&w->job->next, 1, __ATOMIC_RELAXED);
-        if (item >= w->job->n_items) break;
-        if (w->job->args->algorithm == CL_ALGO_ROWWISE)
-            w->job->impl->attention_item_rowwise(w->job->args, item, &w->scratch);
+        if (item >= job->n_items) break;
+        if (job->kind == JOB_BACKWARD_DKV)
+            job->impl->backward_dkv_item(job->args, job->grads, item, &w->bscratch);
+        else if (job->kind == JOB_BACKWARD_DQ)
+            job->impl->backward_dq_item(job->args, job->grads, item, &w->bscratch);
+        else if (job->args->algorithm == CL_ALGO_ROWWISE)
+            job->impl->attention_item_rowwise(job->args, item, &w->scratch);
         else
-            w->job->impl->attention_item(w->job->args, item, &w->scratch);
+            job->impl->attention_item(job->args, item, &w->scratch);
     }
     return NULL;
 }
@@ -289,7 +299,7 @@ int cl_attention(int isa, cl_attention_args *a) {
         !a->out || !a->lse)
         return CL_ERR_ARGS;
     const cl_isa_impl *impl = impl_of(isa);
-    job_t job = {a, impl, a->batch * a->heads_q * ((a->len_q + a->block_q - 1) / a->block_q), 0};
+    job_t job = {a, impl, a->batch * a->heads_q * ((a->len_q + a->block_q - 1) / a->block_q), 0, JOB_FORWARD, NULL};
     int64_t threads = a->threads > 0 ? a->threads : cl_default_threads();
     if (threads > job.n_items) threads = job.n_items;
 
@@ -315,6 +325,87 @@ int cl_attention(int isa, cl_attention_args *a) {
             work(&workers[0]);
         else if (!run_in_pool(workers, threads))
             run_with_new_threads(workers, tids, threads);
+    }
+    free(workers);
+    free(tids);
+    if (alloc_hook) alloc_hook(base, total, 1);
+    free(base);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ backward */
+
+static int64_t bscratch_floats(int lanes, int64_t D, int block_q, int block_k, int64_t *part) {
+    const int64_t ldq = cl_round_up(block_q, lanes), dp = cl_round_up(D, lanes);
+    const int64_t wide = ldq > block_k ? ldq : block_k;
+    /* each part rounded to 16 floats, so that every region starts 64-byte aligned */
+    part[0] = cl_round_up(D * ldq, 16);       /* qt, dot */
+    part[1] = cl_round_up(block_k * ldq, 16); /* st, ds */
+    part[2] = cl_round_up(ldq * dp, 16);      /* rows */
+    part[3] = cl_round_up(block_k * dp, 16);  /* kpad */
+    part[4] = cl_round_up(wide * dp, 16);     /* acc, acc2 */
+    part[5] = cl_round_up(wide, 16);          /* lse, drow, ones */
+    return 2 * part[0] + 2 * part[1] + part[2] + part[3] + 2 * part[4] + 3 * part[5];
+}
+
+static cl_bscratch bcarve(float *base, const int64_t *part, int64_t wide) {
+    cl_bscratch s;
+    s.qt = base;
+    s.dot = s.qt + part[0];
+    s.st = s.dot + part[0];
+    s.ds = s.st + part[1];
+    s.rows = s.ds + part[1];
+    s.kpad = s.rows + part[2];
+    s.acc = s.kpad + part[3];
+    s.acc2 = s.acc + part[4];
+    s.lse = s.acc2 + part[4];
+    s.drow = s.lse + part[5];
+    s.ones = s.drow + part[5];
+    for (int64_t i = 0; i < wide; i++) s.ones[i] = 1.0f;
+    return s;
+}
+
+int cl_attention_backward(int isa, cl_attention_args *a, const cl_backward_args *g) {
+    if (!cl_isa_supported(isa)) return CL_ERR_ISA;
+    if (a->batch < 1 || a->heads_q < 1 || a->heads_kv < 1 || a->len_q < 1 || a->len_k < 1 || a->head_dim < 1 ||
+        a->heads_q % a->heads_kv != 0 || a->block_q < 1 || a->block_k < 1 || a->block_q > (1 << 20) ||
+        a->block_k > (1 << 20) || (a->mask_kind != CL_MASK_NONE && !a->mask) || !a->q || !a->k || !a->v ||
+        !a->lse || !g || !g->dout || !g->drow || !g->dq || !g->dk || !g->dv)
+        return CL_ERR_ARGS;
+    const cl_isa_impl *impl = impl_of(isa);
+    const int64_t n_kt = (a->len_k + a->block_k - 1) / a->block_k, n_qt = (a->len_q + a->block_q - 1) / a->block_q;
+    job_t jobs[2] = {{a, impl, a->batch * a->heads_kv * n_kt, 0, JOB_BACKWARD_DKV, g},
+                     {a, impl, a->batch * a->heads_q * n_qt, 0, JOB_BACKWARD_DQ, g}};
+    int64_t threads = a->threads > 0 ? a->threads : cl_default_threads();
+    const int64_t most = jobs[0].n_items > jobs[1].n_items ? jobs[0].n_items : jobs[1].n_items;
+    if (threads > most) threads = most;
+
+    int64_t part[6];
+    const int64_t ldq = cl_round_up(a->block_q, impl->lanes);
+    const int64_t wide = ldq > a->block_k ? ldq : a->block_k;
+    const size_t per_thread = (size_t)bscratch_floats(impl->lanes, a->head_dim, a->block_q, a->block_k, part) *
+                              sizeof(float);
+    const size_t total = per_thread * (size_t)threads;
+    float *base = (float *)aligned_alloc(64, total);
+    if (!base) return CL_ERR_NOMEM;
+    if (alloc_hook) alloc_hook(base, total, 0);
+    a->scratch_bytes = (int64_t)total;
+    worker_t *workers = (worker_t *)calloc((size_t)threads, sizeof(worker_t));
+    pthread_t *tids = (pthread_t *)calloc((size_t)threads, sizeof(pthread_t));
+    int rc = CL_OK;
+    if (!workers || !tids) {
+        rc = CL_ERR_NOMEM;
+    } else {
+        for (int64_t t = 0; t < threads; t++)
+            workers[t].bscratch = bcarve(base + (size_t)t * (per_thread / sizeof(float)), part, wide);
+        for (int j = 0; j < 2; j++) { /* pass A (dK, dV), then pass B (dQ) */
+            for (int64_t t = 0; t < threads; t++) workers[t].job = &jobs[j];
+            const int64_t n = threads < jobs[j].n_items ? threads : jobs[j].n_items;
+            if (n == 1)
+                work(&workers[0]);
+            else if (!run_in_pool(workers, n))
+                run_with_new_threads(workers, tids, n);
+        }
     }
     free(workers);
     free(tids);

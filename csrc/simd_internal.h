@@ -31,6 +31,16 @@ typedef struct {
     float *m, *l, *alpha; /* [bq_pad] running max, running sum, rescale factor */
 } cl_scratch;
 
+/* The backward's per-thread scratch (ldq = block_q rounded up to lanes, dp = D rounded up to lanes). */
+typedef struct {
+    float *qt, *dot; /* [D][ldq]  the query tile transposed and scaled; the dO tile transposed */
+    float *st, *ds;  /* [block_k][ldq] S then P; dP then dS (keys-major) */
+    float *rows;     /* [ldq][dp] a Q or dO tile padded to whole vectors */
+    float *kpad;     /* [block_k][dp] a K tile padded */
+    float *acc, *acc2; /* [max(ldq, block_k)][dp] dQ, or dK and dV of a key tile */
+    float *lse, *drow, *ones; /* [max(ldq, block_k)] per query lane; ones for the micro-kernel's alpha */
+} cl_bscratch;
+
 typedef struct {
     const char *name;
     int lanes;
@@ -41,6 +51,8 @@ typedef struct {
     void (*exp)(const float *, float *, int64_t);
     void (*attention_item)(const cl_attention_args *, int64_t item, cl_scratch *);
     void (*attention_item_rowwise)(const cl_attention_args *, int64_t item, cl_scratch *);
+    void (*backward_dkv_item)(const cl_attention_args *, const cl_backward_args *, int64_t item, cl_bscratch *);
+    void (*backward_dq_item)(const cl_attention_args *, const cl_backward_args *, int64_t item, cl_bscratch *);
 } cl_isa_impl;
 
 /* Defined by each ISA file that is compiled for this architecture. */

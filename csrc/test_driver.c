@@ -7,6 +7,8 @@
  *   test_driver --isas                 print "name compiled supported" per ISA, then the detected best
  *   test_driver CASE OUT [rowwise]     compute CASE (blocked, or the seed's rowwise algorithm), write out
  *                                      [B,Hq,Lq,D] then lse [B,Hq,Lq] (float32) to OUT
+ *   test_driver CASE OUT backward      the forward, then the backward for the dO that follows the case's mask:
+ *                                      write dq [B,Hq,Lq,D], dk and dv [B,Hkv,Lk,D] (float32) to OUT
  *   test_driver --primitives ISA       self-check dot/axpy/scale/max/exp over lengths 0..67 (prints "ok")
  *
  * CASE: one text line "chordlab-case B Hq Hkv Lq Lk D causal mask_kind mb mh mq mk block_q block_k threads
@@ -57,8 +59,9 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (argc == 3 && strcmp(argv[1], "--primitives") == 0) return primitives(argv[2]);
-    if (argc != 3 && !(argc == 4 && strcmp(argv[3], "rowwise") == 0)) {
-        fprintf(stderr, "usage: %s CASE OUT [rowwise] | --isas | --primitives ISA\n", argv[0]);
+    const int backward = argc == 4 && strcmp(argv[3], "backward") == 0;
+    if (argc != 3 && !(argc == 4 && (strcmp(argv[3], "rowwise") == 0 || backward))) {
+        fprintf(stderr, "usage: %s CASE OUT [rowwise|backward] | --isas | --primitives ISA\n", argv[0]);
         return 2;
     }
 
@@ -80,8 +83,10 @@ int main(int argc, char **argv) {
     void *mask = mask_kind ? malloc(nm * mask_item) : NULL;
     float *out = malloc(nq * 4), *lse = malloc((size_t)(B * Hq * Lq) * 4);
     if (!q || !k || !v || !out || !lse || (mask_kind && !mask)) return 3;
+    float *dout = backward ? malloc(nq * 4) : NULL;
+    if (backward && !dout) return 3;
     if (!read_all(f, q, nq * 4) || !read_all(f, k, nk * 4) || !read_all(f, v, nk * 4) ||
-        (mask_kind && !read_all(f, mask, nm * mask_item))) {
+        (mask_kind && !read_all(f, mask, nm * mask_item)) || (backward && !read_all(f, dout, nq * 4))) {
         fprintf(stderr, "short case file\n");
         return 2;
     }
@@ -97,10 +102,29 @@ int main(int argc, char **argv) {
     a.mask_si = mq > 1 ? mk : 0;
     a.mask_sj = mk > 1 ? 1 : 0;
     a.block_q = bq; a.block_k = bk; a.threads = threads;
-    a.algorithm = argc == 4 ? CL_ALGO_ROWWISE : CL_ALGO_BLOCKED;
+    a.algorithm = argc == 4 && !backward ? CL_ALGO_ROWWISE : CL_ALGO_BLOCKED;
     const int isa = strcmp(isa_name, "best") == 0 ? cl_isa_best() : cl_isa_lookup(isa_name);
     const int rc = cl_attention(isa, &a);
     if (rc != CL_OK) { fprintf(stderr, "cl_attention failed: %d\n", rc); return 4; }
+    if (backward) {
+        const size_t rows = (size_t)(B * Hq * Lq);
+        float *drow = malloc(rows * 4), *dq = malloc(nq * 4), *dk = malloc(nk * 4), *dv = malloc(nk * 4);
+        if (!drow || !dq || !dk || !dv) return 3;
+        for (size_t r = 0; r < rows; r++) {
+            double sum = 0;
+            for (long long d = 0; d < D; d++) sum += (double)dout[r * D + d] * out[r * D + d];
+            drow[r] = (float)sum;
+        }
+        const cl_backward_args g = {dout, drow, dq, dk, dv};
+        const int brc = cl_attention_backward(isa, &a, &g);
+        if (brc != CL_OK) { fprintf(stderr, "cl_attention_backward failed: %d\n", brc); return 4; }
+        FILE *o = fopen(argv[2], "wb");
+        if (!o || fwrite(dq, 4, nq, o) != nq || fwrite(dk, 4, nk, o) != nk || fwrite(dv, 4, nk, o) != nk) return 5;
+        fclose(o);
+        free(drow); free(dq); free(dk); free(dv); free(dout);
+        free(q); free(k); free(v); free(mask); free(out); free(lse);
+        return 0;
+    }
 
     FILE *o = fopen(argv[2], "wb");
     if (!o || fwrite(out, 4, nq, o) != nq || fwrite(lse, 4, (size_t)(B * Hq * Lq), o) != (size_t)(B * Hq * Lq)) return 5;

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import chordlab
 
 BACKWARD_BACKENDS = ["reference", "tiled"]
+SIMD_ISAS = [i.name for i in chordlab.step4_simd.library().isas() if i.supported]
 
 
 def forward_and_grads(q, k, v, mask, causal, dout, **kw):
@@ -86,11 +87,12 @@ def test_float32_error_within_twice_the_float32_reference(shape, rng):
     q32, k32, v32, d32 = (a.astype(np.float32) for a in (q64, k64, v64, d64))
     out, lse = chordlab.attention(q32, k32, v32, causal=causal, return_lse=True, backend="reference")
     ref32 = chordlab.attention_backward(d32, q32, k32, v32, out, lse, causal=causal, backend="reference")
-    til32 = chordlab.attention_backward(d32, q32, k32, v32, out, lse, causal=causal, backend="tiled",
-                                        block_q=48, block_k=40)
-    for name, e, r, t in zip(("dq", "dk", "dv"), exact, ref32, til32, strict=True):
-        assert t.dtype == np.float32
-        assert np.abs(t - e).max() <= 2 * np.abs(r - e).max() + 1e-6, name
+    for kw in [dict(backend="tiled", block_q=48, block_k=40)] + [
+            dict(backend="simd", isa=isa, block_q=32, block_k=48) for isa in SIMD_ISAS]:
+        got = chordlab.attention_backward(d32, q32, k32, v32, out, lse, causal=causal, **kw)
+        for name, e, r, t in zip(("dq", "dk", "dv"), exact, ref32, got, strict=True):
+            assert t.dtype == np.float32
+            assert np.abs(t - e).max() <= 2 * np.abs(r - e).max() + 1e-6, (name, kw)
 
 
 @pytest.mark.parametrize("backend", BACKWARD_BACKENDS)
@@ -118,7 +120,7 @@ def test_layouts_gqa_shapes_and_auto(rng):
     assert [g.shape for g in chordlab.attention_backward(out2, q2, q2, q2, out2, lse2)] == [q2.shape] * 3
     p = chordlab.prepare(q, k, k)
     reasons = dict(chordlab.api.backward_backends(p))
-    assert reasons["tiled"] is None and reasons["simd"] == "has no backward pass yet"
+    assert reasons["simd"] is None and reasons["webgpu"] == "has no backward pass yet"
 
 
 def test_bad_inputs_get_clear_errors(rng):
@@ -133,8 +135,8 @@ def test_bad_inputs_get_clear_errors(rng):
         bw(out.astype(np.float32), q, q, q, out, lse)
     with pytest.raises(TypeError, match="lse must be a NumPy array"):
         bw(out, q, q, q, out, lse.tolist())
-    with pytest.raises(NotImplementedError, match="backend 'simd' has no backward pass yet; backends with one"):
-        bw(out.astype(np.float32), *(a.astype(np.float32) for a in (q, q, q, out, lse)), backend="simd")
+    with pytest.raises(NotImplementedError, match="backend 'cuda-cpu' has no backward pass yet; backends with one"):
+        bw(out.astype(np.float32), *(a.astype(np.float32) for a in (q, q, q, out, lse)), backend="cuda-cpu")
     with pytest.raises(ValueError, match="not a tuning request"):
         bw(out, q, q, q, out, lse, backend="tiled", block_q="auto")
     with pytest.raises(ValueError, match="head dim D differs"):
@@ -159,3 +161,43 @@ def test_tiled_backward_memory_is_the_gradients_plus_tiles(rng):
     grads = 3 * q.nbytes
     scores = H * L * L * 4
     assert peak < grads + scores / 8, (peak, grads, scores)  # no N² intermediate
+
+
+@settings(max_examples=40)
+@given(problems(max_len=70, max_d=40, dtypes=(np.float32,)), st.sampled_from(SIMD_ISAS),
+       st.sampled_from([(None, None), (8, 8), (16, 24), (5, 7), (64, 32)]), st.integers(1, 3))
+def test_simd_backward_matches_the_float64_reference_on_every_isa(prob, isa, blocks, threads):
+    q, k, v, mask, causal, _ = prob
+    dout = np.random.default_rng(q.size).standard_normal(q.shape).astype(np.float32)
+    out, lse = chordlab.attention(q, k, v, mask=mask, causal=causal, return_lse=True, backend="tiled")
+    want = chordlab.attention_backward(*(a.astype(np.float64) for a in (dout, q, k, v, out, lse)), mask=mask,
+                                       causal=causal, backend="reference")
+    got = chordlab.attention_backward(dout, q, k, v, out, lse, mask=mask, causal=causal, backend="simd", isa=isa,
+                                      block_q=blocks[0], block_k=blocks[1], threads=threads)
+    for name, g, w in zip(("dq", "dk", "dv"), got, want, strict=True):
+        assert g.dtype == np.float32 and not np.isnan(g).any()
+        np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-5, err_msg=f"{name} on {isa}")
+
+
+def test_simd_backward_is_bit_identical_for_any_thread_count(rng):
+    q = rng.standard_normal((2, 4, 150, 48)).astype(np.float32)
+    k, v = (rng.standard_normal((2, 2, 170, 48)).astype(np.float32) for _ in range(2))
+    out, lse = chordlab.attention(q, k, v, causal=True, return_lse=True)
+    dout = rng.standard_normal(q.shape).astype(np.float32)
+    base = chordlab.attention_backward(dout, q, k, v, out, lse, causal=True, backend="simd", threads=1,
+                                       block_q=32, block_k=32)
+    for threads in (2, 3, 5):
+        got = chordlab.attention_backward(dout, q, k, v, out, lse, causal=True, backend="simd", threads=threads,
+                                          block_q=32, block_k=32)
+        assert all(np.array_equal(a, b) for a, b in zip(got, base, strict=True)), threads
+
+
+def test_simd_backward_at_long_lengths_and_the_largest_head_dims(rng):
+    for L, D in ((2049, 64), (300, 256)):
+        q, k, v = (rng.standard_normal((1, 2, L, D)).astype(np.float32) for _ in range(3))
+        out, lse = chordlab.attention(q, k, v, causal=True, return_lse=True)
+        dout = rng.standard_normal(q.shape).astype(np.float32)
+        want = chordlab.attention_backward(dout, q, k, v, out, lse, causal=True, backend="tiled")
+        got = chordlab.attention_backward(dout, q, k, v, out, lse, causal=True, backend="simd")
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-4)

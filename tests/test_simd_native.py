@@ -3,7 +3,8 @@
 * built with AddressSanitizer + UndefinedBehaviorSanitizer and run over edge shapes (length 1, head dim 1,
   tails, fully masked rows, causal with more queries than keys) on every ISA this CPU runs;
 * cross-compiled for aarch64 and run under qemu-aarch64, so the NEON path is checked on an x86 machine;
-* built with clang too (macOS students' compiler), -Werror, for this CPU and for aarch64 (run under qemu).
+* built with clang too (macOS students' compiler), -Werror, for this CPU and for aarch64 (run under qemu);
+* the backward pass on the same edge shapes, under the sanitizers and under qemu (NEON).
 
 Each case is written by NumPy, computed by the driver, and compared with the NumPy reference.
 """
@@ -178,3 +179,43 @@ def test_clang_build_for_aarch64_under_qemu(tmp_path):
 
     assert "best neon" in run(["--isas"]).stdout
     check_driver(run, tmp_path, "neon")
+
+
+def check_driver_backward(run, tmp_path, isa):
+    """The backward of every edge case (the driver runs the forward first), against the float64 reference."""
+    for n, spec in enumerate(EDGE_CASES):
+        q, k, v, mask, causal, bq, bk = make_case(spec, n)
+        dout = np.random.default_rng(100 + n).standard_normal(q.shape).astype(np.float32)
+        case, out_path = tmp_path / f"bcase{n}.bin", tmp_path / f"bout{n}.bin"
+        write_case(case, q, k, v, mask, causal, bq, bk, isa)
+        with open(case, "ab") as f:
+            f.write(dout.tobytes())
+        r = run([str(case), str(out_path), "backward"])
+        assert r.returncode == 0, f"case {spec} on {isa}: exit {r.returncode}\n{r.stderr[-3000:]}"
+        assert "runtime error" not in r.stderr and "Sanitizer" not in r.stderr, r.stderr[-3000:]
+        data = np.fromfile(out_path, dtype=np.float32)
+        dq, dk, dv = np.split(data, [q.size, q.size + k.size])
+        out, lse = chordlab.attention(*(a.astype(np.float64) for a in (q, k, v)), mask=mask, causal=causal,
+                                      backend="reference", return_lse=True)
+        want = chordlab.attention_backward(dout.astype(np.float64), *(a.astype(np.float64) for a in (q, k, v)),
+                                           out, lse, mask=mask, causal=causal, backend="reference")
+        for name, got, w in zip(("dq", "dk", "dv"), (dq, dk, dv), want, strict=True):
+            np.testing.assert_allclose(got.reshape(w.shape), w, rtol=1e-4, atol=2e-5, err_msg=f"{name} {spec} {isa}")
+
+
+@pytest.mark.parametrize("isa", [i.name for i in step4_simd.library().isas() if i.supported])
+def test_backward_under_the_sanitizers(asan_driver, tmp_path, isa):
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0",
+           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+
+    def run(args):
+        return subprocess.run([str(asan_driver), *args], capture_output=True, text=True, env=env, timeout=120)
+
+    check_driver_backward(run, tmp_path, isa)
+
+
+def test_backward_neon_under_qemu(neon_driver, tmp_path):
+    def run(args):
+        return subprocess.run(["qemu-aarch64", str(neon_driver), *args], capture_output=True, text=True, timeout=300)
+
+    check_driver_backward(run, tmp_path, "neon")
