@@ -358,10 +358,16 @@ class SimdBackend(Backend):
                              algorithm=algorithm)
 
     has_backward = True
+    # The backward's own default tiles: 64 x 256 measured 160 GFLOP/s against 138 for 128 x 128 at head dim 128,
+    # and level (151 vs 152) at head dim 64 (N 2048, 1 thread, Zen 5).
+    backward_default_blocks = (64, 256)
+
+    def _backward_blocks(self, block_q, block_k) -> tuple[int, int]:
+        return block_q or self.backward_default_blocks[0], block_k or self.backward_default_blocks[1]
 
     def backward_extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None,
                              causal=False, mask_shape=None, isa=None, threads=None, library=None, **options) -> int:
-        bq, bk = self.resolve_blocks(block_q, block_k)
+        bq, bk = self._backward_blocks(block_q, block_k)
         items = shape.batch * shape.heads_q * -(-shape.len_q // bq)
         n_threads = max(1, min(resolve_threads(threads), items))
         D, W = shape.head_dim, 16
@@ -375,7 +381,8 @@ class SimdBackend(Backend):
         if algorithm != "blocked":
             raise ValueError("the C backward has one algorithm, 'blocked'")
         lib = library or globals()["library"]()
-        return lib.backward(problem, out, lse, dout, *self.resolve_blocks(block_q, block_k), isa=isa, threads=threads)
+        return lib.backward(problem, out, lse, dout, *self._backward_blocks(block_q, block_k), isa=isa,
+                            threads=threads)
 
 
 register(SimdBackend())

@@ -201,3 +201,15 @@ def test_simd_backward_at_long_lengths_and_the_largest_head_dims(rng):
         got = chordlab.attention_backward(dout, q, k, v, out, lse, causal=True, backend="simd")
         for g, w in zip(got, want, strict=True):
             np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-4)
+
+
+def test_simd_backward_memory_is_the_gradients_plus_tiles(rng):
+    L, H, D = 2048, 4, 64
+    q, k, v = (rng.standard_normal((1, H, L, D)).astype(np.float32) for _ in range(3))
+    out, lse = chordlab.attention(q, k, v, return_lse=True)
+    _, peak = chordlab.measure_peak(chordlab.attention_backward, out, q, k, v, out, lse, backend="simd", threads=2)
+    predicted = chordlab.api._backward_bytes(chordlab.get_backend("simd"), chordlab.prepare(q, k, v), None, None,
+                                             {"threads": 2})
+    grads = 3 * q.nbytes
+    assert peak <= predicted * 1.1 + 64 * 1024, (peak, predicted)
+    assert peak < grads + H * L * L * 4 / 16  # no N² intermediate

@@ -119,8 +119,9 @@ chordlab.check("tile_ds", tile_ds)
 
 # %% [markdown]
 # ## Speed
-# The tiled backward is NumPy, so it pays a Python round trip per tile. It is against the reference here, and
-# against PyTorch's CPU backward when torch is installed (`pip install -e .[bench]`), on one thread:
+# Four backwards side by side on one thread: the reference, the tiled NumPy one (a Python round trip per tile),
+# the C one (`simd`: the same FlashAttention-2 loops over chapter 4's micro-kernels) and, when torch is
+# installed (`pip install -e .[bench]`), PyTorch's CPU backward:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -133,8 +134,9 @@ rows = []
 for L in (256, 512, 1024):
     q, k, v = (rng.standard_normal((1, 8, L, 64)).astype(np.float32) for _ in range(3))
     out, lse = chordlab.attention(q, k, v, return_lse=True, backend="tiled")
-    fns = {b: (lambda b=b: chordlab.attention_backward(out, q, k, v, out, lse, backend=b))
-           for b in ("reference", "tiled")}
+    fns = {b: (lambda b=b: chordlab.attention_backward(out, q, k, v, out, lse, backend=b,
+                                                       **({"threads": 1} if b == "simd" else {})))
+           for b in ("reference", "tiled", "simd") if chordlab.get_backend(b).available()}
     if torch is not None:
         tq, tk, tv = (torch.from_numpy(a).requires_grad_() for a in (q, k, v))
         tout = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)
@@ -156,9 +158,9 @@ ax.legend(fontsize=8)
 plt.show()
 
 # %% [markdown]
-# NumPy's matrix products do most of the work in all three, so the lines lie close. The reference stays fast
-# only while its N² matrices fit in the caches. A compiled backward (C with SIMD, like chapter 4's forward) is
-# next on this workbench's list.
+# The C backward computes S and dP twice: once while it collects each key tile's dK and dV, once while it
+# collects each query tile's dQ. That way no two threads ever add into the same number, and the result is
+# bit-identical for any thread count. The reference stays fast only while its N² matrices fit in the caches.
 #
 # ## The payoff: train a model with it
 # `chordlab.training` builds a tiny transformer: token and position embeddings, one `MultiHeadAttention` layer
