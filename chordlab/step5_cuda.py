@@ -317,6 +317,46 @@ def report() -> list[str]:
     return [f"  OpenCL    {choice.device} on {choice.platform}"] + [f"  passed over  {r}" for r in choice.rejected]
 
 
+BACKWARD_THREADS = 64  # threads per block of cuda/flash_bwd.cu's two kernels
+
+
+@functools.lru_cache(maxsize=32)
+def _opencl_backward(head_dim: int):
+    """cuda/flash_bwd.cu built as OpenCL C for one head dim: its (dq, dkv) kernels."""
+    import pyopencl as cl
+
+    ctx = _opencl_context()[0]
+    options = [f"-DHEAD_DIM={head_dim}", f"-DTHREADS={BACKWARD_THREADS}", f"-I{CUDA_DIR}", "-cl-std=CL1.2"]
+    program = cl.Program(ctx, (CUDA_DIR / "flash_bwd.cu").read_text()).build(options=options)
+    return cl.Kernel(program, "flash_bwd_dq"), cl.Kernel(program, "flash_bwd_dkv")
+
+
+def run_backward_on_cpu(p: AttentionProblem, out: np.ndarray, lse: np.ndarray, dout: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The CUDA backward (cuda/flash_bwd.cu: one thread per query row for dQ, one per key row for dK and dV)
+    on the OpenCL CPU device."""
+    import pyopencl as cl
+
+    ctx, queue, _ = _opencl_context()
+    k_dq, k_dkv = _opencl_backward(p.head_dim)
+    kind, mb, mf, strides = mask_arguments(p)
+    drow = np.einsum("bhld,bhld->bhl", dout, out).astype(np.float32)  # D = rowsum(dO * O)
+    mf_ = cl.mem_flags
+    ins = [cl.Buffer(ctx, mf_.READ_ONLY | mf_.COPY_HOST_PTR, hostbuf=np.ascontiguousarray(a))
+           for a in (p.q, p.k, p.v, mb, mf, lse.astype(np.float32), dout.astype(np.float32), drow)]
+    grads = [np.empty(p.q.shape, np.float32), np.empty(p.k.shape, np.float32), np.empty(p.v.shape, np.float32)]
+    outs = [cl.Buffer(ctx, mf_.WRITE_ONLY, g.nbytes) for g in grads]
+    args = (*ins, *outs, np.int32(p.heads_q), np.int32(p.heads_kv), np.int32(p.len_q), np.int32(p.len_k),
+            np.float32(p.scale), np.int32(p.causal), np.int32(kind), *(np.int64(s) for s in strides))
+    T = BACKWARD_THREADS
+    k_dq(queue, (math.ceil(p.len_q / T) * T, p.heads_q, p.batch), (T, 1, 1), *args)
+    k_dkv(queue, (math.ceil(p.len_k / T) * T, p.heads_kv, p.batch), (T, 1, 1), *args)
+    for g, buf in zip(grads, outs, strict=True):
+        cl.enqueue_copy(queue, g, buf)
+    queue.finish()
+    return tuple(grads)
+
+
 class CudaOnCpuBackend(Backend):
     name = "cuda-cpu"
     summary = "the CUDA kernels v1-v3 compiled as OpenCL C from the same .cu files, run on the CPU by PoCL"
@@ -354,6 +394,22 @@ class CudaOnCpuBackend(Backend):
                 raise ValueError(f"source_dir {str(source_dir)!r} has no {cfg.source.name}")
             cfg = dataclasses.replace(cfg, source_dir=str(source_dir))
         return run_on_cpu(problem, cfg)
+
+    has_backward = True
+
+    def backward_extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None, causal=False,
+                             mask_shape=None, **options) -> int:
+        # the device's copies: the forward's inputs, plus dout, drow and the three gradients
+        return device_copy_bytes(shape, mask_shape) + 4 * (2 * shape.batch * shape.heads_q * shape.len_q *
+                                                           shape.head_dim + 2 * shape.batch * shape.heads_kv *
+                                                           shape.len_k * shape.head_dim)
+
+    def backward(self, problem, out, lse, dout, block_q=None, block_k=None, kernel=None, source_dir=None):
+        """cuda/flash_bwd.cu (one kernel pair: block sizes and ``kernel`` do not apply)."""
+        if kernel is not None or source_dir is not None or block_q is not None or block_k is not None:
+            raise ValueError("the CUDA backward is one kernel pair (cuda/flash_bwd.cu): leave kernel, source_dir "
+                             "and the block sizes as None")
+        return run_backward_on_cpu(problem, out, lse, dout)
 
 
 # --------------------------------------------------------------------------------------------- GPU (PyCUDA)
