@@ -274,11 +274,11 @@ def opencl_choice() -> OpenClChoice:
 
 
 @functools.lru_cache(maxsize=64)
-def _opencl_kernel(cfg: KernelConfig):
-    """Build the .cu file as OpenCL C (cuda_compat.h does the mapping); cached per configuration."""
+def _opencl_kernel(ctx, cfg: KernelConfig):
+    """Build the .cu file as OpenCL C in context ``ctx`` (cuda_compat.h does the mapping); cached per context and
+    configuration."""
     import pyopencl as cl
 
-    ctx = _opencl_context()[0]
     options = [*cfg.options(), f"-I{cfg.source.parent}", f"-I{CUDA_DIR}", "-cl-std=CL1.2"]
     return cl.Kernel(cl.Program(ctx, cfg.source.read_text()).build(options=options), cfg.function)
 
@@ -288,7 +288,7 @@ def run_on_cpu(p: AttentionProblem, cfg: KernelConfig) -> tuple[np.ndarray, np.n
     import pyopencl as cl
 
     ctx, queue, _ = _opencl_context()
-    kernel = _opencl_kernel(cfg)
+    kernel = _opencl_kernel(ctx, cfg)
     kind, mb, mf, strides = mask_arguments(p)
     mf_ = cl.mem_flags
     bufs = [cl.Buffer(ctx, mf_.READ_ONLY | mf_.COPY_HOST_PTR, hostbuf=a) for a in (p.q, p.k, p.v, mb, mf)]
@@ -321,11 +321,11 @@ BACKWARD_THREADS = 64  # threads per block of cuda/flash_bwd.cu's two kernels
 
 
 @functools.lru_cache(maxsize=32)
-def _opencl_backward(head_dim: int):
-    """cuda/flash_bwd.cu built as OpenCL C for one head dim: its (dq, dkv) kernels."""
+def _opencl_backward(ctx, head_dim: int):
+    """cuda/flash_bwd.cu built as OpenCL C for one head dim in context ``ctx`` (a kernel belongs to the context
+    it was built in: keyed by it, a new context never gets an old kernel): its (dq, dkv) kernels."""
     import pyopencl as cl
 
-    ctx = _opencl_context()[0]
     options = [f"-DHEAD_DIM={head_dim}", f"-DTHREADS={BACKWARD_THREADS}", f"-I{CUDA_DIR}", "-cl-std=CL1.2"]
     program = cl.Program(ctx, (CUDA_DIR / "flash_bwd.cu").read_text()).build(options=options)
     return cl.Kernel(program, "flash_bwd_dq"), cl.Kernel(program, "flash_bwd_dkv")
@@ -338,7 +338,7 @@ def run_backward_on_cpu(p: AttentionProblem, out: np.ndarray, lse: np.ndarray, d
     import pyopencl as cl
 
     ctx, queue, _ = _opencl_context()
-    k_dq, k_dkv = _opencl_backward(p.head_dim)
+    k_dq, k_dkv = _opencl_backward(ctx, p.head_dim)
     kind, mb, mf, strides = mask_arguments(p)
     drow = np.einsum("bhld,bhld->bhl", dout, out).astype(np.float32)  # D = rowsum(dO * O)
     mf_ = cl.mem_flags

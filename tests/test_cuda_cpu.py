@@ -127,8 +127,7 @@ def test_a_failing_probe_makes_the_backend_unavailable_everywhere_with_reason_an
 def test_a_run_time_failure_is_a_chordlab_error_naming_the_backend(monkeypatch):
     import pyopencl as cl
 
-    def fails(cfg):
-        ctx = step5_cuda._opencl_context()[0]
+    def fails(ctx, cfg):
         return cl.Program(ctx, "__kernel void f() { this is not C; }").build()
 
     monkeypatch.setattr(step5_cuda, "_opencl_kernel", fails)
