@@ -290,13 +290,30 @@ static void run_with_new_threads(worker_t *workers, pthread_t *tids, int64_t thr
     for (int64_t t = 1; t < started; t++) pthread_join(tids[t], NULL);
 }
 
+/* The checks the forward and the backward share: shapes, tiles, inputs. */
+static int problem_ok(const cl_attention_args *a) {
+    return a->batch >= 1 && a->heads_q >= 1 && a->heads_kv >= 1 && a->len_q >= 1 && a->len_k >= 1 &&
+           a->head_dim >= 1 && a->heads_q % a->heads_kv == 0 && a->block_q >= 1 && a->block_k >= 1 &&
+           a->block_q <= (1 << 20) && a->block_k <= (1 << 20) && (a->mask_kind == CL_MASK_NONE || a->mask) &&
+           a->q && a->k && a->v && a->lse;
+}
+
+/* Per-call scratch, reported to the allocation hook (tracemalloc, from Python). */
+static float *scratch_alloc(cl_attention_args *a, size_t total) {
+    float *base = (float *)aligned_alloc(64, total);
+    if (base && alloc_hook) alloc_hook(base, total, 0);
+    if (base) a->scratch_bytes = (int64_t)total;
+    return base;
+}
+
+static void scratch_free(float *base, size_t total) {
+    if (alloc_hook) alloc_hook(base, total, 1);
+    free(base);
+}
+
 int cl_attention(int isa, cl_attention_args *a) {
     if (!cl_isa_supported(isa)) return CL_ERR_ISA;
-    if (a->batch < 1 || a->heads_q < 1 || a->heads_kv < 1 || a->len_q < 1 || a->len_k < 1 || a->head_dim < 1 ||
-        a->heads_q % a->heads_kv != 0 || a->block_q < 1 || a->block_k < 1 || a->block_q > (1 << 20) ||
-        a->block_k > (1 << 20) || (a->mask_kind != CL_MASK_NONE && !a->mask) || !a->q || !a->k || !a->v ||
-        (a->algorithm != CL_ALGO_BLOCKED && a->algorithm != CL_ALGO_ROWWISE) ||
-        !a->out || !a->lse)
+    if (!problem_ok(a) || !a->out || (a->algorithm != CL_ALGO_BLOCKED && a->algorithm != CL_ALGO_ROWWISE))
         return CL_ERR_ARGS;
     const cl_isa_impl *impl = impl_of(isa);
     job_t job = {a, impl, a->batch * a->heads_q * ((a->len_q + a->block_q - 1) / a->block_q), 0, JOB_FORWARD, NULL};
@@ -306,10 +323,8 @@ int cl_attention(int isa, cl_attention_args *a) {
     const scratch_layout lay = layout_for(impl->lanes, a->head_dim, a->block_q, a->block_k);
     const size_t per_thread = (size_t)layout_floats(lay) * sizeof(float);
     const size_t total = per_thread * (size_t)threads;
-    float *base = (float *)aligned_alloc(64, total);
+    float *base = scratch_alloc(a, total);
     if (!base) return CL_ERR_NOMEM;
-    if (alloc_hook) alloc_hook(base, total, 0);
-    a->scratch_bytes = (int64_t)total;
 
     worker_t *workers = (worker_t *)calloc((size_t)threads, sizeof(worker_t));
     pthread_t *tids = (pthread_t *)calloc((size_t)threads, sizeof(pthread_t));
@@ -328,8 +343,7 @@ int cl_attention(int isa, cl_attention_args *a) {
     }
     free(workers);
     free(tids);
-    if (alloc_hook) alloc_hook(base, total, 1);
-    free(base);
+    scratch_free(base, total);
     return rc;
 }
 
@@ -367,11 +381,7 @@ static cl_bscratch bcarve(float *base, const int64_t *part, int64_t wide) {
 
 int cl_attention_backward(int isa, cl_attention_args *a, const cl_backward_args *g) {
     if (!cl_isa_supported(isa)) return CL_ERR_ISA;
-    if (a->batch < 1 || a->heads_q < 1 || a->heads_kv < 1 || a->len_q < 1 || a->len_k < 1 || a->head_dim < 1 ||
-        a->heads_q % a->heads_kv != 0 || a->block_q < 1 || a->block_k < 1 || a->block_q > (1 << 20) ||
-        a->block_k > (1 << 20) || (a->mask_kind != CL_MASK_NONE && !a->mask) || !a->q || !a->k || !a->v ||
-        !a->lse || !g || !g->dout || !g->drow || !g->dq || !g->dk || !g->dv)
-        return CL_ERR_ARGS;
+    if (!problem_ok(a) || !g || !g->dout || !g->drow || !g->dq || !g->dk || !g->dv) return CL_ERR_ARGS;
     const cl_isa_impl *impl = impl_of(isa);
     const int64_t n_kt = (a->len_k + a->block_k - 1) / a->block_k, n_qt = (a->len_q + a->block_q - 1) / a->block_q;
     job_t jobs[2] = {{a, impl, a->batch * a->heads_kv * n_kt, 0, JOB_BACKWARD_DKV, g},
@@ -386,10 +396,8 @@ int cl_attention_backward(int isa, cl_attention_args *a, const cl_backward_args 
     const size_t per_thread = (size_t)bscratch_floats(impl->lanes, a->head_dim, a->block_q, a->block_k, part) *
                               sizeof(float);
     const size_t total = per_thread * (size_t)threads;
-    float *base = (float *)aligned_alloc(64, total);
+    float *base = scratch_alloc(a, total);
     if (!base) return CL_ERR_NOMEM;
-    if (alloc_hook) alloc_hook(base, total, 0);
-    a->scratch_bytes = (int64_t)total;
     worker_t *workers = (worker_t *)calloc((size_t)threads, sizeof(worker_t));
     pthread_t *tids = (pthread_t *)calloc((size_t)threads, sizeof(pthread_t));
     int rc = CL_OK;
@@ -409,7 +417,6 @@ int cl_attention_backward(int isa, cl_attention_args *a, const cl_backward_args 
     }
     free(workers);
     free(tids);
-    if (alloc_hook) alloc_hook(base, total, 1);
-    free(base);
+    scratch_free(base, total);
     return rc;
 }
