@@ -290,6 +290,14 @@ static void run_with_new_threads(worker_t *workers, pthread_t *tids, int64_t thr
     for (int64_t t = 1; t < started; t++) pthread_join(tids[t], NULL);
 }
 
+/* Run workers[0 .. n) on the current job: alone, with the pool, or (pool busy) with threads of their own. */
+static void run_workers(worker_t *workers, pthread_t *tids, int64_t n) {
+    if (n == 1)
+        work(&workers[0]);
+    else if (!run_in_pool(workers, n))
+        run_with_new_threads(workers, tids, n);
+}
+
 /* The checks the forward and the backward share: shapes, tiles, inputs. */
 static int problem_ok(const cl_attention_args *a) {
     return a->batch >= 1 && a->heads_q >= 1 && a->heads_kv >= 1 && a->len_q >= 1 && a->len_k >= 1 &&
@@ -336,10 +344,7 @@ int cl_attention(int isa, cl_attention_args *a) {
             workers[t].job = &job;
             workers[t].scratch = carve(base + (size_t)t * (per_thread / sizeof(float)), lay);
         }
-        if (threads == 1)
-            work(&workers[0]);
-        else if (!run_in_pool(workers, threads))
-            run_with_new_threads(workers, tids, threads);
+        run_workers(workers, tids, threads);
     }
     free(workers);
     free(tids);
@@ -408,11 +413,7 @@ int cl_attention_backward(int isa, cl_attention_args *a, const cl_backward_args 
             workers[t].bscratch = bcarve(base + (size_t)t * (per_thread / sizeof(float)), part, wide);
         for (int j = 0; j < 2; j++) { /* pass A (dK, dV), then pass B (dQ) */
             for (int64_t t = 0; t < threads; t++) workers[t].job = &jobs[j];
-            const int64_t n = threads < jobs[j].n_items ? threads : jobs[j].n_items;
-            if (n == 1)
-                work(&workers[0]);
-            else if (!run_in_pool(workers, n))
-                run_with_new_threads(workers, tids, n);
+            run_workers(workers, tids, threads < jobs[j].n_items ? threads : jobs[j].n_items);
         }
     }
     free(workers);
