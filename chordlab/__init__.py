@@ -8,6 +8,7 @@ The kernel progression, one idea per step (each module's header says what it add
     step4_simd            the same in C: SIMD micro-kernels per ISA, runtime dispatch, threads
     step5_cuda            CUDA kernels v1-v4 (PyCUDA on a GPU; v1-v3 also on the CPU through PoCL)
     step8_webgpu          WGSL kernels w1-w3 through wgpu-py, on any GPU (or lavapipe on the CPU)
+    variants              sliding window, ALiBi, softcap and block-sparse masks (chapter 11)
 
 Every step is a backend of one function, `attention(q, k, v, ..., backend=...)`; `backends()` lists them.
 """
@@ -29,6 +30,7 @@ from .memory import (
 from .solutions import solution
 from .step2_online_softmax import SoftmaxState, merge_states, online_softmax, softmax_naive, softmax_safe
 from .validation import AttentionProblem, ProblemShape, prepare
+from .variants import BlockMask, alibi_slopes, block_mask
 
 __version__ = "0.1.0"
 
@@ -38,5 +40,5 @@ __all__ = [
     "online_softmax", "softmax_naive", "softmax_safe", "SoftmaxState", "merge_states",
     "MultiHeadAttention", "check", "solution", "prepare", "AttentionProblem", "ProblemShape",
     "MemoryBudgetError", "memory_limit", "set_memory_limit", "get_memory_limit", "predict_memory",
-    "measure_peak", "format_bytes", "__version__",
+    "measure_peak", "format_bytes", "block_mask", "BlockMask", "alibi_slopes", "__version__",
 ]

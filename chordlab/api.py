@@ -88,12 +88,28 @@ def run_backend(b: Backend, call):
     raise err  # outside the except block: the third-party traceback is not printed with it
 
 
+def _block_mask_tiles(p: AttentionProblem, block_q, block_k, tuning: bool):
+    """With a block mask, the tiles are its blocks: refuse other sizes, and fill them in when not given."""
+    bm = p.block_mask
+    if bm is None:
+        return block_q, block_k
+    if tuning:
+        raise ValueError("block_q='auto' cannot be tuned with a block_mask: the tiles are the block mask's "
+                         f"({bm.block_q} x {bm.block_k}); build the block mask with the block sizes you want")
+    for name, given, own in (("block_q", block_q, bm.block_q), ("block_k", block_k, bm.block_k)):
+        if given is not None and given != own:
+            raise ValueError(f"{name}={given} differs from the block mask's {name}={own}: a kernel's tiles must be "
+                             "the block mask's tiles (leave it None, or build the block mask with that size)")
+    return bm.block_q, bm.block_k
+
+
 def run_forward(b: Backend, p: AttentionProblem, block_q, block_k, options: dict):
     return run_backend(b, lambda: b.forward(p, block_q, block_k, **options))
 
 
 def attention(q, k, v, *, mask=None, causal=False, scale=None, backend="auto", block_q=None,
-              block_k=None, return_lse=False, **options):
+              block_k=None, return_lse=False, window=None, alibi_slopes=None, softcap=None, block_mask=None,
+              **options):
     """Scaled dot-product attention ``softmax(scale · Q Kᵀ + mask) V``.
 
     Args:
@@ -109,6 +125,12 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, backend="auto", b
         block_q, block_k: tile sizes for backends that tile (``tiled``, SIMD C, CUDA, ...); ``"auto"`` takes
             the best measured on this machine (`chordlab.tuning.autotune`: cached, or tuned on first use).
         return_lse: also return the row log-sum-exp ``log Σ_j exp(s_ij)``, ``[B, Hq, Lq]``.
+        window: ``(left, right)``: query ``i`` sees key ``j`` iff ``i + Lk - Lq - left <= j <= i + Lk - Lq + right``
+            (None on a side: unbounded; ``causal=True`` is ``right = 0``). FlashAttention's ``window_size``.
+        alibi_slopes: ``[Hq]`` or ``[B, Hq]``: adds ``-slope · |i + Lk - Lq - j|`` to the scaled score.
+        softcap: a float > 0: the scaled score becomes ``softcap · tanh(score / softcap)`` before bias and masks.
+        block_mask: from `chordlab.block_mask`: empty tiles are never computed, full ones are not masked; the
+            tiles are the block mask's (block_q and block_k, if given, must equal its block sizes).
         **options: backend-specific, e.g. ``isa="avx2"`` and ``threads=2`` for ``simd``
             (a backend rejects options it does not know with a TypeError).
 
@@ -122,10 +144,12 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, backend="auto", b
         `chordlab.BackendError` when the backend's driver or compiler fails while running, naming the backend,
         the reason and what to do.
     """
-    p = prepare(q, k, v, mask=mask, causal=causal, scale=scale)
+    p = prepare(q, k, v, mask=mask, causal=causal, scale=scale, window=window, alibi_slopes=alibi_slopes,
+                softcap=softcap, block_mask=block_mask)
     tune_q, tune_k = isinstance(block_q, str) and block_q == "auto", isinstance(block_k, str) and block_k == "auto"
     block_q = None if tune_q else check_block_size("block_q", block_q)
     block_k = None if tune_k else check_block_size("block_k", block_k)
+    tiles = _block_mask_tiles(p, block_q, block_k, tune_q or tune_k)
     if backend == "auto":
         b = choose_backend(p, block_q, block_k, needs_blocks=tune_q or tune_k, **options)
     else:
@@ -136,6 +160,8 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, backend="auto", b
         tuned = autotune(b.name, p.shape, causal=p.causal, dtype=p.dtype, progress=False, **options)
         block_q = tuned.block_q if tune_q else block_q
         block_k = tuned.block_k if tune_k else block_k
+    if p.block_mask is not None:
+        block_q, block_k = tiles
 
     if p.q.size == 0 or p.len_k == 0:
         out, lse = p.empty_result()
@@ -166,7 +192,8 @@ def backward_backends(problem: AttentionProblem, block_q=None, block_k=None, **o
     rows = []
     for name in backend_names():
         b = _REGISTRY[name]
-        why = None if b.has_backward else "has no backward pass yet"
+        sb = b.supports_backward(problem)
+        why = None if sb else sb.reason
         why = why or _why_not(b, problem, block_q is not None or block_k is not None, block_q, block_k, options)
         if why is None:
             need = _backward_bytes(b, problem, block_q, block_k, options)
@@ -184,7 +211,8 @@ def _backward_bytes(b: Backend, p: AttentionProblem, block_q, block_k, options) 
 
 
 def attention_backward(dout, q, k, v, out, lse, *, mask=None, causal=False, scale=None, backend="auto",
-                       block_q=None, block_k=None, **options):
+                       block_q=None, block_k=None, window=None, alibi_slopes=None, softcap=None, block_mask=None,
+                       **options):
     """Gradients of `attention` with respect to q, k and v.
 
     With ``O = softmax(S) V``, ``S = scale · Q Kᵀ + mask`` and a loss whose gradient with respect to O is
@@ -193,7 +221,7 @@ def attention_backward(dout, q, k, v, out, lse, *, mask=None, causal=False, scal
 
     Args:
         dout: the gradient of the output, q's shape and dtype.
-        q, k, v, mask, causal, scale: exactly as given to `attention`.
+        q, k, v, mask, causal, scale, window, alibi_slopes, softcap, block_mask: exactly as given to `attention`.
         out, lse: what ``attention(q, k, v, ..., return_lse=True)`` returned (q's shape; q's shape without D).
         backend: a backend with a backward pass (``"tiled"``, ``"reference"``), or ``"auto"``: the fastest
             available one that fits the memory budget.
@@ -209,7 +237,8 @@ def attention_backward(dout, q, k, v, out, lse, *, mask=None, causal=False, scal
         NotImplementedError for a backend without a backward pass; `chordlab.MemoryBudgetError` before
         allocating past the memory limit; `chordlab.BackendError` when a driver fails.
     """
-    p = prepare(q, k, v, mask=mask, causal=causal, scale=scale)
+    p = prepare(q, k, v, mask=mask, causal=causal, scale=scale, window=window, alibi_slopes=alibi_slopes,
+                softcap=softcap, block_mask=block_mask)
     q_shape = np.shape(q)
     dout = _check_like("dout", dout, q_shape, p.dtype, "the gradient of attention's output: q's shape")
     out = _check_like("out", out, q_shape, p.dtype, "the output of attention(q, k, v, ..., return_lse=True)")
@@ -220,6 +249,7 @@ def attention_backward(dout, q, k, v, out, lse, *, mask=None, causal=False, scal
             raise ValueError(f"{name}={value!r}: the backward takes block sizes or None (its defaults), not a "
                              "tuning request")
     block_q, block_k = check_block_size("block_q", block_q), check_block_size("block_k", block_k)
+    tiles = _block_mask_tiles(p, block_q, block_k, False)
     if backend == "auto":
         reasons = backward_backends(p, block_q, block_k, **options)
         name = next((n for n, why in reasons if why is None), None)
@@ -233,6 +263,11 @@ def attention_backward(dout, q, k, v, out, lse, *, mask=None, causal=False, scal
             raise NotImplementedError(f"backend {backend!r} has no backward pass yet; backends with one: {with_one} "
                                       "(or backend='auto')")
         b = named_backend(backend, p, block_q is not None or block_k is not None, options)
+        sb = b.supports_backward(p)
+        if not sb:
+            raise TypeError(sb.reason)
+    if p.block_mask is not None:
+        block_q, block_k = tiles
     if p.q.size == 0 or p.len_k == 0:
         dq, dk, dv = np.zeros_like(p.q), np.zeros_like(p.k), np.zeros_like(p.v)
     else:

@@ -67,6 +67,10 @@ class Backend(ABC):
     options: tuple[str, ...] = ()
     #: The largest head dim the backend's kernels take (None: any).
     max_head_dim: int | None = None
+    #: The variants of chapter 11 (``window``, ``alibi``, ``softcap``, ``block_mask``) its forward computes, and
+    #: those its backward computes; a request with another is refused clearly and ``auto`` passes it over.
+    variants: frozenset = frozenset()
+    backward_variants: frozenset = frozenset()
 
     def available(self) -> Availability:
         off = disabled_by_env(self.name)
@@ -96,6 +100,20 @@ class Backend(ABC):
         if self.max_head_dim is not None and problem.head_dim > self.max_head_dim:
             return Availability(False, f"backend {self.name!r} takes head dims up to {self.max_head_dim}, "
                                        f"got {problem.head_dim}")
+        return self._supports_variants(problem, self.variants, "")
+
+    def supports_backward(self, problem: AttentionProblem) -> Availability:
+        """Whether this backend's backward can run this problem (it has one, and computes its variants)."""
+        if not self.has_backward:
+            return Availability(False, "has no backward pass yet")
+        return self._supports_variants(problem, self.backward_variants, " backward")
+
+    def _supports_variants(self, problem: AttentionProblem, have: frozenset, what: str) -> Availability:
+        missing = [v for v in problem.variants if v not in have]
+        if missing:
+            has = ", ".join(sorted(have)) or "none"
+            return Availability(False, f"backend {self.name!r}{what} does not compute {missing[0]} "
+                                       f"(its variants: {has}); use backend='auto' or 'tiled'")
         return Availability(True)
 
     @abstractmethod

@@ -304,6 +304,22 @@ def _cases_tile_ds():
     return cases
 
 
+def _cases_sink_window_mask():
+    """Chapter 11: a mask_fn for attention sinks (StreamingLLM): causal, the last 4 keys, and always the first 2."""
+    def expected(q, kv):
+        return (kv <= q) & ((q - kv < 4) | (kv < 2))
+
+    cases = []
+    for name, L, lk in [("12 queries, 12 keys", 12, 12), ("a block of queries 40..47, keys 0..47", 8, 48)]:
+        q = np.arange(L)[:, None] + (40 if lk != L else 0)
+        kv = np.arange(lk)[None, :]
+        cases.append(_Case(name, (0, 0, q, kv), expected(q, kv),
+                           "(kv_idx <= q_idx) & ((q_idx - kv_idx < 4) | (kv_idx < 2))",
+                           nudge="three conditions: no future key; the key is one of the last 4; or it is one of "
+                                 "the first 2 (the sinks). Which combine with 'and', which with 'or'?"))
+    return cases
+
+
 _EXERCISES = {
     "score_matrix_bytes": _cases_score_matrix_bytes,
     "attention_2d": _cases_attention_2d,
@@ -318,6 +334,7 @@ _EXERCISES = {
     "mha_params": _cases_mha_params,
     "w2_workgroup_bytes": _cases_w2_workgroup_bytes,
     "tile_ds": _cases_tile_ds,
+    "sink_window_mask": _cases_sink_window_mask,
 }
 
 _misses: dict[str, int] = {}

@@ -140,9 +140,13 @@ def tile_ds(P, dO, V, O):
     return P * (dP - Drow)
 
 
+def sink_window_mask(b, h, q_idx, kv_idx):
+    return (kv_idx <= q_idx) & ((q_idx - kv_idx < 4) | (kv_idx < 2))
+
+
 SOLUTIONS = {f.__name__: f for f in (score_matrix_bytes, attention_2d, merge_states, tile_update, tiled_forward,
                                      c_dot, simd_scores_block, v2_shared_bytes, cuda_v1_update, working_set,
-                                     mha_params, w2_workgroup_bytes, tile_ds)}
+                                     mha_params, w2_workgroup_bytes, tile_ds, sink_window_mask)}
 EDITS = {"simd_scores_block": SCORES_BLOCK, "cuda_v1_update": V1_UPDATE}
 
 

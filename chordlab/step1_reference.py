@@ -4,7 +4,8 @@
 
 computed in numbered passes, each over the whole ``[B, Hq, Lq, Lk]`` score matrix:
 
-    pass 1  scores      S = scale · Q Kᵀ             (then masked: -inf where a key is hidden)
+    pass 1  scores      S = scale · Q Kᵀ             (then the score hook of chapter 11: softcap, ALiBi;
+                                                    then masked: -inf where a key is hidden)
     pass 2  max         m = max_j S[i, j]
     pass 3  exp and sum P = exp(S - m),  l = Σ_j P[i, j]
     pass 4  normalize   P = P / l
@@ -14,11 +15,11 @@ Every later kernel (online softmax, tiled, SIMD C, CUDA, WebGPU) fuses these pas
 against this one. The backward pass is written the same way (`reference_backward`), from the forward's
 ``out`` and ``lse`` and the gradient of the output ``dO``:
 
-    pass 1  recompute   P = exp(scale · Q Kᵀ + mask - lse)   (the forward's normalized weights, not stored)
+    pass 1  recompute   P = exp(hook(scale · Q Kᵀ) + mask - lse)   (the forward's weights, not stored)
     pass 2  values      dV = Pᵀ dO
     pass 3  weights     dP = dO Vᵀ
     pass 4  row dot     D = rowsum(dO ∘ O)                     (= rowsum(P ∘ dP): the softmax Jacobian's term)
-    pass 5  scores      dS = P ∘ (dP - D)
+    pass 5  scores      dS = P ∘ (dP - D)   (times 1 - tanh²(s / softcap) with a softcap: the hook's derivative)
     pass 6  inputs      dQ = scale · dS K,  dK = scale · dSᵀ Q
 
 Its cost is the score matrix: ``B·Hq·Lq·Lk`` numbers, so it checks the memory budget first and refuses
@@ -32,27 +33,31 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import variants
 from .backends import Backend, register
-from .validation import AttentionProblem, ProblemShape, causal_keep
+from .validation import AttentionProblem, ProblemShape
+
+#: Every variant of chapter 11; the reference computes them all on the full score matrix.
+ALL_VARIANTS = frozenset({"window", "alibi", "softcap", "block_mask"})
 
 
-def apply_mask(scores: np.ndarray, mask: np.ndarray | None, causal: bool, offset: int,
-               q_start: int = 0, k_start: int = 0) -> None:
-    """Mask a block of scores in place.
-
-    ``scores`` is ``[..., bq, bk]`` covering queries ``q_start..`` and keys ``k_start..``; ``mask`` is the
-    matching block of the user's mask (bool: False hides a key; float: added), already sliced and
-    broadcastable; causal hides keys ``j > i + offset``.
-    """
+def apply_mask(scores: np.ndarray, mask: np.ndarray | None, keep: np.ndarray | None = None) -> None:
+    """Mask a block of scores ``[..., bq, bk]`` in place: ``mask`` is the matching block of the user's mask
+    (bool: False hides a key; float: added), already sliced and broadcastable; ``keep`` (bool, broadcastable) hides
+    where False: the window/causal rule and the block mask of chapter 11 (`chordlab.variants`)."""
     if mask is not None:
         if mask.dtype == np.bool_:
             np.copyto(scores, -np.inf, where=~mask)
         else:
             scores += mask
-    if causal:
-        bq, bk = scores.shape[-2:]
-        keep = causal_keep(q_start, q_start + bq, k_start, k_start + bk, offset)
-        np.copyto(scores, -np.inf, where=~keep)
+    variants.hide(scores, keep)
+
+
+def hook_and_mask(p: AttentionProblem, S: np.ndarray, keep_tanh: bool = False):
+    """Pass 1's tail on the full score matrix ``S [B, Hq, Lq, Lk]``: the score hook, then every mask."""
+    t = variants.score_hook(p, S, 0, 0, keep_tanh=keep_tanh)
+    apply_mask(S, p.mask, variants.dense_visibility(p))
+    return t
 
 
 def safe_max(m: np.ndarray) -> np.ndarray:
@@ -73,7 +78,7 @@ def reference_forward(p: AttentionProblem) -> tuple[np.ndarray, np.ndarray]:
     S = np.matmul(q, k.swapaxes(-1, -2))  # [B, Hkv, G, Lq, Lk]
     S *= p.scale
     S = S.reshape(B, Hq, Lq, Lk)
-    apply_mask(S, p.mask, p.causal, p.causal_offset)
+    hook_and_mask(p, S)
 
     # pass 2: row max
     m = S.max(axis=-1, keepdims=True)
@@ -119,7 +124,7 @@ def reference_backward(p: AttentionProblem, out: np.ndarray, lse: np.ndarray, do
     S = np.matmul(q, k.swapaxes(-1, -2))
     S *= p.scale
     S = S.reshape(B, Hq, Lq, Lk)
-    apply_mask(S, p.mask, p.causal, p.causal_offset)
+    tanh = hook_and_mask(p, S, keep_tanh=True)
     P = recompute_weights(S, lse).reshape(B, Hkv, G, Lq, Lk)
 
     # pass 2: dV = P^T dO, summed over the query heads that share a kv head
@@ -134,6 +139,8 @@ def reference_backward(p: AttentionProblem, out: np.ndarray, lse: np.ndarray, do
     # pass 5: dS = P * (dP - D), in place
     dS -= Drow
     dS *= P
+    if tanh is not None:  # through the softcap: d(c·tanh(s/c))/ds = 1 - tanh²
+        dS *= 1 - tanh.reshape(dS.shape) ** 2
 
     # pass 6: dQ = scale dS K, dK = scale dS^T Q
     dq = np.matmul(dS, k).reshape(B, Hq, Lq, D) * p.scale
@@ -145,6 +152,8 @@ class ReferenceBackend(Backend):
     name = "reference"
     summary = "NumPy, textbook O(N²): the full score matrix (the ground truth)"
     auto_priority = 90
+    variants = ALL_VARIANTS
+    backward_variants = ALL_VARIANTS
 
     def extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None,
                     causal=False, mask_shape=None, **options) -> int:

@@ -13,7 +13,9 @@ keep, per query row, the online-softmax state of step 2 plus an unnormalized out
         m   = m'
     O_i = acc / l,  lse_i = m + log l                   (pass 4, once at the end)
 
-Causal attention skips key blocks that lie wholly above the diagonal and masks only the blocks it cuts.
+Causal attention skips key blocks that lie wholly above the diagonal and masks only the blocks it cuts; a sliding
+window (chapter 11) visits only the key blocks inside its band, and a block mask skips its empty tiles. Softcap and
+ALiBi enter through one score hook (`chordlab.variants.score_hook`) right after the scaling.
 All (batch, head) pairs are processed together per block, so the working set is
 ``B·Hq·block_q·(block_k + 2D)`` numbers, independent of the sequence length.
 
@@ -29,8 +31,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import variants
 from .backends import Backend, register
-from .step1_reference import apply_mask, recompute_weights, safe_max
+from .step1_reference import ALL_VARIANTS, apply_mask, recompute_weights, safe_max
 from .validation import AttentionProblem, ProblemShape
 
 
@@ -50,6 +53,23 @@ def _block(mask5: np.ndarray, qs: int, qe: int, ks: int, ke: int) -> np.ndarray:
     return mask5[..., rows, cols]
 
 
+def _visit(p: AttentionProblem, S: np.ndarray, mask5, qs: int, qe: int, ks: int, ke: int, keep_tanh=False):
+    """One tile ``S [B, Hkv, G, bq, bk]`` of scaled scores: the score hook, then the user's mask, the window/causal
+    rule and the block mask. Returns tanh(s / softcap) for the backward when asked."""
+    B, Hkv, G, bq, bk = S.shape
+    t = variants.score_hook(p, S.reshape(B, Hkv * G, bq, bk), qs, ks, keep_tanh=keep_tanh)
+    apply_mask(S, None if mask5 is None else _block(mask5, qs, qe, ks, ke), variants.window_keep(p, qs, qe, ks, ke))
+    if p.block_mask is not None:
+        kind, keep = variants.block_keep(p, qs, qe, ks, ke)
+        if keep is not None:
+            variants.hide(S, _mask_as_groups(keep, Hkv, G))
+    return t
+
+
+def _tile_is_empty(p: AttentionProblem, qs: int, qe: int, ks: int, ke: int) -> bool:
+    return p.block_mask is not None and variants.block_keep(p, qs, qe, ks, ke)[0] == "empty"
+
+
 def tiled_forward(p: AttentionProblem, block_q: int, block_k: int) -> tuple[np.ndarray, np.ndarray]:
     """FlashAttention forward over ``block_q x block_k`` tiles. Returns ``(out, lse)`` like step 1."""
     B, Hkv, G = p.batch, p.heads_kv, p.group
@@ -58,7 +78,6 @@ def tiled_forward(p: AttentionProblem, block_q: int, block_k: int) -> tuple[np.n
     k = p.k[:, :, None]
     v = p.v[:, :, None]
     mask5 = _mask_as_groups(p.mask, Hkv, G)
-    offset = p.causal_offset
 
     out = np.zeros((B, Hkv, G, Lq, D), dtype=p.dtype)
     lse = np.full((B, Hkv, G, Lq), -np.inf, dtype=p.dtype)
@@ -68,15 +87,16 @@ def tiled_forward(p: AttentionProblem, block_q: int, block_k: int) -> tuple[np.n
         m = np.full((B, Hkv, G, qe - qs, 1), -np.inf, dtype=p.dtype)
         l = np.zeros_like(m)
         acc = np.zeros((B, Hkv, G, qe - qs, D), dtype=p.dtype)
-        # causal: the last row of this block sees keys up to (qe - 1) + offset; later blocks are all hidden
-        k_stop = min(Lk, qe + offset) if p.causal else Lk
-        for ks in range(0, k_stop, block_k):
+        # causal or a window: only the key blocks some row of this block can see (e.g. causal: keys up to
+        # qe - 1 + offset); a block mask's empty tiles are skipped
+        k_start, k_stop = variants.key_range(p, qs, qe)
+        for ks in range(k_start // block_k * block_k, k_stop, block_k):
             ke = min(ks + block_k, Lk)
+            if _tile_is_empty(p, qs, qe, ks, ke):
+                continue
             S = np.matmul(q_blk, k[..., ks:ke, :].swapaxes(-1, -2))
             S *= p.scale
-            cut_by_diagonal = p.causal and ke - 1 > qs + offset
-            apply_mask(S, None if mask5 is None else _block(mask5, qs, qe, ks, ke),
-                       cut_by_diagonal, offset, qs, ks)
+            _visit(p, S, mask5, qs, qe, ks, ke)
             m_new = np.maximum(m, S.max(axis=-1, keepdims=True))
             m_safe = safe_max(m_new)
             S -= m_safe
@@ -103,7 +123,6 @@ def tiled_backward(p: AttentionProblem, out: np.ndarray, lse: np.ndarray, dout: 
     do = dout.reshape(B, Hkv, G, Lq, D)
     lse5 = lse.reshape(B, Hkv, G, Lq)
     mask5 = _mask_as_groups(p.mask, Hkv, G)
-    offset = p.causal_offset
     Drow = np.einsum("bhgid,bhgid->bhgi", do, out.reshape(B, Hkv, G, Lq, D))  # D = rowsum(dO * O), once
 
     dq = np.zeros((B, Hkv, G, Lq, D), dtype=p.dtype)
@@ -114,19 +133,22 @@ def tiled_backward(p: AttentionProblem, out: np.ndarray, lse: np.ndarray, dout: 
         k_blk, v_blk = k[..., ks:ke, :], v[..., ks:ke, :]
         dk_acc = np.zeros((B, Hkv, G, ke - ks, D), dtype=p.dtype)
         dv_acc = np.zeros_like(dk_acc)
-        # causal: rows before ks - offset see none of these keys; start at the query tile holding that row
-        q_start = (max(0, ks - offset) // block_q) * block_q if p.causal else 0
-        for qs in range(q_start, Lq, block_q):
+        # causal or a window: only the query tiles holding rows that see these keys (causal: from ks - offset)
+        q_start, q_stop = variants.query_range(p, ks, ke)
+        for qs in range(q_start // block_q * block_q, q_stop, block_q):
             qe = min(qs + block_q, Lq)
+            if _tile_is_empty(p, qs, qe, ks, ke):
+                continue
             S = np.matmul(q[..., qs:qe, :], k_blk.swapaxes(-1, -2))
             S *= p.scale
-            apply_mask(S, None if mask5 is None else _block(mask5, qs, qe, ks, ke),
-                       p.causal and ke - 1 > qs + offset, offset, qs, ks)
+            tanh = _visit(p, S, mask5, qs, qe, ks, ke, keep_tanh=True)
             P = recompute_weights(S, lse5[..., qs:qe])
             dv_acc += np.matmul(P.swapaxes(-1, -2), do[..., qs:qe, :])
             dS = np.matmul(do[..., qs:qe, :], v_blk.swapaxes(-1, -2))
             dS -= Drow[..., qs:qe, None]
             dS *= P
+            if tanh is not None:  # through the softcap
+                dS *= 1 - tanh.reshape(dS.shape) ** 2
             dq[..., qs:qe, :] += np.matmul(dS, k_blk) * p.scale
             dk_acc += np.matmul(dS.swapaxes(-1, -2), q[..., qs:qe, :])
         dk[..., ks:ke, :] = dk_acc.sum(axis=2) * p.scale
@@ -140,6 +162,8 @@ class TiledBackend(Backend):
     takes_block_sizes = True
     default_blocks = (128, 128)
     auto_priority = 80
+    variants = ALL_VARIANTS
+    backward_variants = ALL_VARIANTS
 
     def extra_bytes(self, shape: ProblemShape, itemsize: int, *, block_q=None, block_k=None,
                     causal=False, mask_shape=None, **options) -> int:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import Availability, Backend, register
+from .step1_reference import ALL_VARIANTS
 from .sysinfo import usable_cores
 from .validation import AttentionProblem, ProblemShape
 
@@ -111,7 +112,31 @@ class SimdLibrary:
             a.mask = buf
             strides = [s // mask.itemsize if n > 1 else 0 for s, n in zip(mask.strides, mask.shape, strict=True)]
             a.mask_sb, a.mask_sh, a.mask_si, a.mask_sj = strides
+        self._variant_args(p, a, keep)
         return a
+
+    def _variant_args(self, p: AttentionProblem, a, keep: list) -> None:
+        """Chapter 11's variants into the C struct: window bounds, ALiBi slopes, softcap, block mask."""
+        ffi = self.ffi
+        if p.window is not None:
+            a.window = 1
+            a.window_left, a.window_right = (-1 if w is None else w for w in p.window)
+        if p.alibi is not None:
+            slopes = np.ascontiguousarray(p.alibi, dtype=np.float32)
+            keep += [slopes, ffi.from_buffer("float[]", slopes)]
+            a.alibi, a.alibi_sb = keep[-1], (p.heads_q if slopes.shape[0] > 1 else 0)
+        if p.softcap is not None:
+            a.softcap = p.softcap
+        bm = p.block_mask
+        if bm is not None:
+            Bm, Hm, nq, nk = bm.kinds.shape
+            tiles = bm.tiles.view(np.uint8) if len(bm.tiles) else np.zeros((1,), np.uint8)
+            arrays = [np.ascontiguousarray(bm.kinds), np.ascontiguousarray(bm.index), np.ascontiguousarray(tiles)]
+            views = [ffi.from_buffer(t, x) for t, x in zip(("uint8_t[]", "int32_t[]", "uint8_t[]"), arrays,
+                                                            strict=True)]
+            keep += arrays + views
+            a.bm_kinds, a.bm_index, a.bm_tiles = views
+            a.bm_sb, a.bm_sh = (Hm * nq * nk if Bm > 1 else 0), (nq * nk if Hm > 1 else 0)
 
     def attention(self, p: AttentionProblem, block_q: int, block_k: int, isa: str | None = None,
                   threads: int | None = None, algorithm: str = "blocked") -> tuple[np.ndarray, np.ndarray]:
@@ -119,6 +144,9 @@ class SimdLibrary:
         index = self.isa_index(isa)
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        if algorithm != "blocked" and p.variants:
+            raise ValueError(f"algorithm={algorithm!r} (the seed's design) computes no variants; {p.variants[0]} "
+                             "needs algorithm='blocked'")
         out = np.empty(p.q.shape, dtype=np.float32)
         lse = np.empty(p.q.shape[:3], dtype=np.float32)
         keep: list = []
@@ -329,6 +357,8 @@ class SimdBackend(Backend):
     dtypes = (np.dtype(np.float32),)
     auto_priority = 20
     options = ("isa", "threads", "library", "algorithm")
+    variants = ALL_VARIANTS
+    backward_variants = ALL_VARIANTS
 
     def available(self) -> Availability:
         try:
@@ -372,7 +402,7 @@ class SimdBackend(Backend):
         n_threads = max(1, min(resolve_threads(threads), items))
         D, W = shape.head_dim, 16
         ldq, dp = -(-bq // W) * W, -(-D // W) * W
-        per_thread = 4 * (2 * D * ldq + 2 * bk * ldq + ldq * dp + bk * dp + 2 * max(ldq, bk) * dp + 3 * max(ldq, bk)
+        per_thread = 4 * (2 * D * ldq + 3 * bk * ldq + ldq * dp + bk * dp + 2 * max(ldq, bk) * dp + 3 * max(ldq, bk)
                           + 6 * 16)
         return per_thread * n_threads + shape.batch * shape.heads_q * shape.len_q * 4  # + D = rowsum(dO * O)
 

@@ -172,6 +172,26 @@ def mask_arguments(p: AttentionProblem):
     return kind, mb, mf, strides
 
 
+#: The variants of chapter 11 the CUDA kernels compute (forward, and cuda/flash_bwd.cu's backward).
+CUDA_VARIANTS = frozenset({"window", "alibi", "softcap"})
+_UNBOUNDED = 1 << 30
+
+
+def variant_arguments(p: AttentionProblem):
+    """(ALiBi slopes [B·Hq] float32, zeros without ALiBi; vis_lo; vis_hi; softcap or 0): the kernels' score hook
+    and visibility bounds (key j visible to query i iff vis_lo <= j - i <= vis_hi; ±2^30 is unbounded)."""
+    from .variants import visibility_bounds
+
+    if p.block_mask is not None:
+        raise TypeError("the CUDA kernels compute no block_mask; use backend='simd' or 'tiled'")
+    slopes = np.zeros((p.batch, p.heads_q), np.float32)
+    if p.alibi is not None:
+        slopes[:] = p.alibi
+    lo, hi = visibility_bounds(p)
+    lo, hi = max(lo, -_UNBOUNDED), min(hi, _UNBOUNDED)
+    return slopes.reshape(-1), np.int32(lo), np.int32(hi), np.float32(p.softcap or 0.0)
+
+
 def to_bf16_bits(x: np.ndarray) -> np.ndarray:
     """float32 -> bfloat16 bit patterns (uint16), rounding to nearest even (NumPy has no bfloat16)."""
     bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
@@ -290,8 +310,9 @@ def run_on_cpu(p: AttentionProblem, cfg: KernelConfig) -> tuple[np.ndarray, np.n
     ctx, queue, _ = _opencl_context()
     kernel = _opencl_kernel(ctx, cfg)
     kind, mb, mf, strides = mask_arguments(p)
+    slopes, vis_lo, vis_hi, softcap = variant_arguments(p)
     mf_ = cl.mem_flags
-    bufs = [cl.Buffer(ctx, mf_.READ_ONLY | mf_.COPY_HOST_PTR, hostbuf=a) for a in (p.q, p.k, p.v, mb, mf)]
+    bufs = [cl.Buffer(ctx, mf_.READ_ONLY | mf_.COPY_HOST_PTR, hostbuf=a) for a in (p.q, p.k, p.v, mb, mf, slopes)]
     out = np.empty(p.q.shape, np.float32)
     lse = np.empty(p.q.shape[:3], np.float32)
     out_buf = cl.Buffer(ctx, mf_.WRITE_ONLY, out.nbytes)
@@ -299,7 +320,7 @@ def run_on_cpu(p: AttentionProblem, cfg: KernelConfig) -> tuple[np.ndarray, np.n
     grid = cfg.grid(p.batch, p.heads_q, p.len_q)
     kernel(queue, (grid[0] * cfg.threads, grid[1], grid[2]), (cfg.threads, 1, 1), *bufs, out_buf, lse_buf,
            np.int32(p.heads_q), np.int32(p.heads_kv), np.int32(p.len_q), np.int32(p.len_k), np.float32(p.scale),
-           np.int32(p.causal), np.int32(kind), *(np.int64(s) for s in strides))
+           vis_lo, vis_hi, softcap, np.int32(kind), *(np.int64(s) for s in strides))
     cl.enqueue_copy(queue, out, out_buf)
     cl.enqueue_copy(queue, lse, lse_buf)
     queue.finish()
@@ -340,14 +361,15 @@ def run_backward_on_cpu(p: AttentionProblem, out: np.ndarray, lse: np.ndarray, d
     ctx, queue, _ = _opencl_context()
     k_dq, k_dkv = _opencl_backward(ctx, p.head_dim)
     kind, mb, mf, strides = mask_arguments(p)
+    slopes, vis_lo, vis_hi, softcap = variant_arguments(p)
     drow = np.einsum("bhld,bhld->bhl", dout, out).astype(np.float32)  # D = rowsum(dO * O)
     mf_ = cl.mem_flags
     ins = [cl.Buffer(ctx, mf_.READ_ONLY | mf_.COPY_HOST_PTR, hostbuf=np.ascontiguousarray(a))
-           for a in (p.q, p.k, p.v, mb, mf, lse.astype(np.float32), dout.astype(np.float32), drow)]
+           for a in (p.q, p.k, p.v, mb, mf, slopes, lse.astype(np.float32), dout.astype(np.float32), drow)]
     grads = [np.empty(p.q.shape, np.float32), np.empty(p.k.shape, np.float32), np.empty(p.v.shape, np.float32)]
     outs = [cl.Buffer(ctx, mf_.WRITE_ONLY, g.nbytes) for g in grads]
     args = (*ins, *outs, np.int32(p.heads_q), np.int32(p.heads_kv), np.int32(p.len_q), np.int32(p.len_k),
-            np.float32(p.scale), np.int32(p.causal), np.int32(kind), *(np.int64(s) for s in strides))
+            np.float32(p.scale), vis_lo, vis_hi, softcap, np.int32(kind), *(np.int64(s) for s in strides))
     T = BACKWARD_THREADS
     k_dq(queue, (math.ceil(p.len_q / T) * T, p.heads_q, p.batch), (T, 1, 1), *args)
     k_dkv(queue, (math.ceil(p.len_k / T) * T, p.heads_kv, p.batch), (T, 1, 1), *args)
@@ -365,6 +387,8 @@ class CudaOnCpuBackend(Backend):
     auto_priority = 200  # a correctness path, never the fast one
     options = ("kernel", "source_dir")
     max_head_dim = MAX_HEAD_DIM
+    variants = CUDA_VARIANTS
+    backward_variants = CUDA_VARIANTS
     run_advice = f"use backend='simd' or 'tiled' meanwhile, or {OPENCL_FIX}"
 
     def failure_reason(self, exc: BaseException) -> str:
@@ -486,16 +510,17 @@ class GpuLaunch:
                 raise RuntimeError(f"kernel v4 needs sm_80 or newer; {self.dev.name()} is sm_{major}{minor}")
             _, self.fn = _gpu_function(cfg, f"sm_{major}{minor}")
             kind, mb, mf, strides = mask_arguments(p)
+            slopes, vis_lo, vis_hi, softcap = variant_arguments(p)
             if cfg.version == "v4":
                 conv = to_bf16_bits if precision == "bf16" else (lambda a: a.astype(np.float16))
                 inputs = [conv(a) for a in (p.q, p.k, p.v)]
             else:
                 inputs = [p.q, p.k, p.v]
-            self.buffers = [drv.to_device(np.ascontiguousarray(a)) for a in (*inputs, mb, mf)]
+            self.buffers = [drv.to_device(np.ascontiguousarray(a)) for a in (*inputs, mb, mf, slopes)]
             self.out_gpu = drv.mem_alloc(int(np.prod(p.q.shape)) * 4)
             self.lse_gpu = drv.mem_alloc(int(np.prod(p.q.shape[:3])) * 4)
             self.args = [*self.buffers, self.out_gpu, self.lse_gpu, np.int32(p.heads_q), np.int32(p.heads_kv),
-                         np.int32(p.len_q), np.int32(p.len_k), np.float32(p.scale), np.int32(p.causal),
+                         np.int32(p.len_q), np.int32(p.len_k), np.float32(p.scale), vis_lo, vis_hi, softcap,
                          np.int32(kind), *(np.int64(s) for s in strides)]
             if cfg.version == "v4":
                 self.args.append(np.int32(precision == "bf16"))
@@ -555,6 +580,7 @@ class CudaBackend(Backend):
     auto_priority = 10
     options = ("kernel", "precision")
     max_head_dim = MAX_HEAD_DIM
+    variants = CUDA_VARIANTS
 
     def available(self) -> Availability:
         try:

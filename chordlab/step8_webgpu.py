@@ -36,6 +36,7 @@ import numpy as np
 from .backends import Availability, Backend, BackendError, register
 from .memory import device_copy_bytes
 from .validation import AttentionProblem, ProblemShape
+from .variants import visibility_bounds
 
 WGSL_DIR = Path(__file__).resolve().parent.parent / "webgpu"
 KERNELS = ("w1", "w2", "w3")
@@ -246,6 +247,13 @@ def run_webgpu(p: AttentionProblem, cfg: WgslConfig) -> tuple[np.ndarray, np.nda
     dev = gd.device
     kind, mask, strides = _mask_buffer(p)
     check_limits(p, cfg, gd.limits, mask.nbytes)
+    if p.block_mask is not None:
+        raise TypeError("the WGSL kernels compute no block_mask; use backend='simd' or 'tiled'")
+    alibi_at = mask.size
+    if p.alibi is not None:  # the slopes ride in the mask buffer, after the mask
+        mask = np.concatenate([mask.reshape(-1), np.broadcast_to(p.alibi, (p.batch, p.heads_q)).reshape(-1)
+                               .astype(np.float32)])
+    vis_lo, vis_hi = (max(-(1 << 30), min(x, 1 << 30)) for x in visibility_bounds(p))
     pipeline = _pipeline(cfg)
     storage, usage = wgpu.BufferUsage.STORAGE, wgpu.BufferUsage
     bufs = [dev.create_buffer_with_data(data=np.ascontiguousarray(a, dtype=np.float32), usage=storage)
@@ -258,9 +266,11 @@ def run_webgpu(p: AttentionProblem, cfg: WgslConfig) -> tuple[np.ndarray, np.nda
     chunks = key_chunks(cfg, p.len_k, gd.loop_limit)
     encoder = dev.create_command_encoder()
     for n, (k_begin, k_end) in enumerate(chunks):
-        params = np.array([p.heads_q, p.heads_kv, p.len_q, p.len_k, 0, int(p.causal), kind, n == len(chunks) - 1,
-                           *strides, k_begin, k_end, PROBE_N, 0], dtype=np.uint32)
+        params = np.array([p.heads_q, p.heads_kv, p.len_q, p.len_k, 0, 0, kind, n == len(chunks) - 1,
+                           *strides, k_begin, k_end, PROBE_N, alibi_at, 0, 0, p.alibi is not None, 0], dtype=np.uint32)
         params[4] = np.float32(p.scale).view(np.uint32)
+        params[[5, 16]] = np.array([vis_lo, vis_hi], np.int32).view(np.uint32)
+        params[17] = np.float32(p.softcap or 0.0).view(np.uint32)
         param_buf = dev.create_buffer_with_data(data=params, usage=usage.UNIFORM)
         entries = [{"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}}
                    for i, b in enumerate([*bufs, out_buf, stats_buf, param_buf, check_buf])]
@@ -304,6 +314,7 @@ class WebGpuBackend(Backend):
     auto_priority = 150  # lavapipe is slow; a laptop GPU may not beat the SIMD kernels either
     options = ("kernel",)
     max_head_dim = MAX_HEAD_DIM
+    variants = frozenset({"window", "alibi", "softcap"})
     run_advice = "update the GPU driver (or Mesa), or use backend='simd'"
 
     def available(self) -> Availability:

@@ -36,6 +36,10 @@ class AttentionProblem:
         causal: query ``i`` sees key ``j`` iff ``j <= i + (Lk - Lq)`` (bottom-right aligned).
         scale: multiplies ``q @ k.T`` before the softmax.
         input_ndim: 2, 3 or 4, the layout the caller used (results are returned in it).
+        window: ``(left, right)`` (each an int >= 0 or None) or None; see `chordlab.variants`.
+        alibi: ALiBi slopes ``[1 or B, Hq]`` (float64) or None.
+        softcap: a float > 0 or None.
+        block_mask: a `chordlab.variants.BlockMask` built for this shape, or None.
     """
 
     q: np.ndarray
@@ -45,6 +49,17 @@ class AttentionProblem:
     causal: bool
     scale: float
     input_ndim: int
+    window: tuple | None = None
+    alibi: np.ndarray | None = None
+    softcap: float | None = None
+    block_mask: object | None = None
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """The variants this request uses (chapter 11): a subset of window, alibi, softcap, block_mask."""
+        used = (("window", self.window), ("alibi", self.alibi), ("softcap", self.softcap),
+                ("block_mask", self.block_mask))
+        return tuple(name for name, value in used if value is not None)
 
     @property
     def dtype(self) -> np.dtype:
@@ -189,7 +204,8 @@ def _check_mask(mask, target: tuple[int, int, int, int]) -> np.ndarray:
     return np.ascontiguousarray(mask4)
 
 
-def prepare(q, k, v, *, mask=None, causal=False, scale=None) -> AttentionProblem:
+def prepare(q, k, v, *, mask=None, causal=False, scale=None, window=None, alibi_slopes=None, softcap=None,
+            block_mask=None) -> AttentionProblem:
     """Check the arguments of `chordlab.attention` and return the canonical `AttentionProblem`.
 
     Raises `TypeError` for wrong types or dtypes and `ValueError` for shapes that do not fit together,
@@ -227,7 +243,13 @@ def prepare(q, k, v, *, mask=None, causal=False, scale=None) -> AttentionProblem
         raise TypeError(f"causal must be True or False, got {causal!r}")
     scale = _check_scale(scale, D)
     mask4 = None if mask is None else _check_mask(mask, (B, Hq, Lq, Lk))
-    return AttentionProblem(
+    from . import variants
+
+    if block_mask is not None:
+        if not isinstance(block_mask, variants.BlockMask):
+            raise TypeError(f"block_mask must come from chordlab.block_mask(...), got {type(block_mask).__name__}")
+        block_mask.check_fits(B, Hq, Lq, Lk)
+    p = AttentionProblem(
         q=np.ascontiguousarray(q4),
         k=np.ascontiguousarray(k4),
         v=np.ascontiguousarray(v4),
@@ -235,7 +257,14 @@ def prepare(q, k, v, *, mask=None, causal=False, scale=None) -> AttentionProblem
         causal=bool(causal),
         scale=scale,
         input_ndim=q.ndim,
+        window=variants.check_window(window),
+        alibi=variants.check_alibi(alibi_slopes, B, Hq),
+        softcap=variants.check_softcap(softcap),
+        block_mask=block_mask,
     )
+    if Lq and Lk:
+        variants.check_rows_have_keys(p)
+    return p
 
 
 def causal_keep(q_start: int, q_stop: int, k_start: int, k_stop: int, offset: int) -> np.ndarray:

@@ -43,8 +43,24 @@ typedef struct {
     int block_q, block_k;
     int threads;      /* <= 0: one per available core */
     int algorithm;    /* CL_ALGO_BLOCKED (the micro-kernels) or CL_ALGO_ROWWISE (the seed's design) */
-    /* written by the call: the bytes of scratch it allocated (all threads) */
+    /* chapter 11's variants (a zeroed struct has none of them) */
+    int window;       /* 1: key j visible to query i iff i + off - window_left <= j <= i + off + window_right,
+                         off = len_k - len_q; a side < 0 is unbounded (causal still applies: right <= 0) */
+    int64_t window_left, window_right;
+    const float *alibi; /* NULL, or the slopes: -alibi[b * alibi_sb + h] * |i + off - j| is added to the score */
+    int64_t alibi_sb;
+    float softcap;    /* > 0: the scaled score s becomes softcap * tanh(s / softcap), before bias and masks */
+    /* block mask (block_q x block_k tiles, the kernel's own): kinds 0 empty (never visited), 1 full (no mask),
+       2 partial (bm_tiles[bm_index[..]], [block_q][block_k], 1 = attend). Tile (qt, kt) of (b, h) at
+       b * bm_sb + h * bm_sh + qt * n_kt + kt (strides 0 = broadcast); NULL: no block mask. */
+    const uint8_t *bm_kinds;
+    const int32_t *bm_index;
+    const uint8_t *bm_tiles;
+    int64_t bm_sb, bm_sh;
+    /* written by the call: the bytes of scratch it allocated (all threads), and the visibility bounds it used
+       (window and causal together: query i sees keys i + vis_lo .. i + vis_hi) */
     int64_t scratch_bytes;
+    int64_t vis_lo, vis_hi;
 } cl_attention_args;
 
 /* ISA names, in order of preference on their architecture: "avx512", "avx2", "neon", "scalar". */

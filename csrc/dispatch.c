@@ -306,6 +306,24 @@ static int problem_ok(const cl_attention_args *a) {
            a->q && a->k && a->v && a->lse;
 }
 
+/* The window and causal rule as bounds on j - i (written into the args: every kernel reads vis_lo, vis_hi). */
+static void set_visibility(cl_attention_args *a) {
+    const int64_t off = a->len_k - a->len_q;
+    a->vis_lo = a->window && a->window_left >= 0 ? off - a->window_left : -CL_UNBOUNDED;
+    a->vis_hi = a->window && a->window_right >= 0 ? off + a->window_right : CL_UNBOUNDED;
+    if (a->causal && a->vis_hi > off) a->vis_hi = off;
+}
+
+static int variants_ok(const cl_attention_args *a) {
+    if (a->softcap < 0.0f || a->softcap != a->softcap) return 0;
+    if (a->bm_kinds && (!a->bm_index || !a->bm_tiles)) return 0;
+    return 1;
+}
+
+static int has_variants(const cl_attention_args *a) {
+    return a->window || a->alibi || a->softcap > 0.0f || a->bm_kinds;
+}
+
 /* Per-call scratch, reported to the allocation hook (tracemalloc, from Python). */
 static float *scratch_alloc(cl_attention_args *a, size_t total) {
     float *base = (float *)aligned_alloc(64, total);
@@ -321,8 +339,11 @@ static void scratch_free(float *base, size_t total) {
 
 int cl_attention(int isa, cl_attention_args *a) {
     if (!cl_isa_supported(isa)) return CL_ERR_ISA;
-    if (!problem_ok(a) || !a->out || (a->algorithm != CL_ALGO_BLOCKED && a->algorithm != CL_ALGO_ROWWISE))
+    if (!problem_ok(a) || !variants_ok(a) || !a->out ||
+        (a->algorithm != CL_ALGO_BLOCKED && a->algorithm != CL_ALGO_ROWWISE) ||
+        (a->algorithm == CL_ALGO_ROWWISE && has_variants(a)))
         return CL_ERR_ARGS;
+    set_visibility(a);
     const cl_isa_impl *impl = impl_of(isa);
     job_t job = {a, impl, a->batch * a->heads_q * ((a->len_q + a->block_q - 1) / a->block_q), 0, JOB_FORWARD, NULL};
     int64_t threads = a->threads > 0 ? a->threads : cl_default_threads();
@@ -359,12 +380,12 @@ static int64_t bscratch_floats(int lanes, int64_t D, int block_q, int block_k, i
     const int64_t wide = ldq > block_k ? ldq : block_k;
     /* each part rounded to 16 floats, so that every region starts 64-byte aligned */
     part[0] = cl_round_up(D * ldq, 16);       /* qt, dot */
-    part[1] = cl_round_up(block_k * ldq, 16); /* st, ds */
+    part[1] = cl_round_up(block_k * ldq, 16); /* st, ds, dcap */
     part[2] = cl_round_up(ldq * dp, 16);      /* rows */
     part[3] = cl_round_up(block_k * dp, 16);  /* kpad */
     part[4] = cl_round_up(wide * dp, 16);     /* acc, acc2 */
     part[5] = cl_round_up(wide, 16);          /* lse, drow, ones */
-    return 2 * part[0] + 2 * part[1] + part[2] + part[3] + 2 * part[4] + 3 * part[5];
+    return 2 * part[0] + 3 * part[1] + part[2] + part[3] + 2 * part[4] + 3 * part[5];
 }
 
 static cl_bscratch bcarve(float *base, const int64_t *part, int64_t wide) {
@@ -373,7 +394,8 @@ static cl_bscratch bcarve(float *base, const int64_t *part, int64_t wide) {
     s.dot = s.qt + part[0];
     s.st = s.dot + part[0];
     s.ds = s.st + part[1];
-    s.rows = s.ds + part[1];
+    s.dcap = s.ds + part[1];
+    s.rows = s.dcap + part[1];
     s.kpad = s.rows + part[2];
     s.acc = s.kpad + part[3];
     s.acc2 = s.acc + part[4];
@@ -386,7 +408,9 @@ static cl_bscratch bcarve(float *base, const int64_t *part, int64_t wide) {
 
 int cl_attention_backward(int isa, cl_attention_args *a, const cl_backward_args *g) {
     if (!cl_isa_supported(isa)) return CL_ERR_ISA;
-    if (!problem_ok(a) || !g || !g->dout || !g->drow || !g->dq || !g->dk || !g->dv) return CL_ERR_ARGS;
+    if (!problem_ok(a) || !variants_ok(a) || !g || !g->dout || !g->drow || !g->dq || !g->dk || !g->dv)
+        return CL_ERR_ARGS;
+    set_visibility(a);
     const cl_isa_impl *impl = impl_of(isa);
     const int64_t n_kt = (a->len_k + a->block_k - 1) / a->block_k, n_qt = (a->len_q + a->block_q - 1) / a->block_q;
     job_t jobs[2] = {{a, impl, a->batch * a->heads_kv * n_kt, 0, JOB_BACKWARD_DKV, g},

@@ -25,6 +25,13 @@ typedef __m256 vec;
 #define vmul _mm256_mul_ps
 #define vfma _mm256_fmadd_ps
 #define vmax _mm256_max_ps
+#define vmin _mm256_min_ps /* like minps: b when either is NaN */
+/* 1/x to about float precision: the 12-bit estimate and two Newton steps (no divider) */
+static inline vec vrcp(vec x) {
+    vec r = _mm256_rcp_ps(x);
+    r = _mm256_mul_ps(r, _mm256_fnmadd_ps(x, r, _mm256_set1_ps(2.0f)));
+    return _mm256_mul_ps(r, _mm256_fnmadd_ps(x, r, _mm256_set1_ps(2.0f)));
+}
 
 static inline float vhsum(vec x) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));

@@ -25,6 +25,12 @@ typedef __m512 vec;
 #define vmul _mm512_mul_ps
 #define vfma _mm512_fmadd_ps
 #define vmax _mm512_max_ps
+#define vmin _mm512_min_ps /* like minps: b when either is NaN */
+/* 1/x to about float precision: the 14-bit estimate and one Newton step (no divider) */
+static inline vec vrcp(vec x) {
+    const vec r = _mm512_rcp14_ps(x);
+    return _mm512_mul_ps(r, _mm512_fnmadd_ps(x, r, _mm512_set1_ps(2.0f)));
+}
 #define vhsum _mm512_reduce_add_ps
 #define vhmax _mm512_reduce_max_ps
 

@@ -19,6 +19,14 @@ typedef float32x4_t vec;
 #define vmul vmulq_f32
 #define vfma(a, b, c) vfmaq_f32((c), (a), (b))
 #define vmax vmaxq_f32
+#define vmin vminq_f32
+/* 1/x to about float precision: the 8-bit estimate and two Newton steps (no divider) */
+static inline vec vrcp(vec x) {
+    vec r = vrecpeq_f32(x);
+    r = vmulq_f32(r, vrecpsq_f32(x, r));
+    r = vmulq_f32(r, vrecpsq_f32(x, r));
+    return vmulq_f32(r, vrecpsq_f32(x, r));
+}
 #define vhsum vaddvq_f32
 #define vhmax vmaxvq_f32
 

@@ -23,6 +23,8 @@ static inline vec vsub(vec a, vec b) { return a - b; }
 static inline vec vmul(vec a, vec b) { return a * b; }
 static inline vec vfma(vec a, vec b, vec c) { return a * b + c; }
 static inline vec vmax(vec a, vec b) { return a > b ? a : b; } /* like maxps: b when either is NaN */
+static inline vec vmin(vec a, vec b) { return a < b ? a : b; } /* like minps: b when either is NaN */
+static inline vec vrcp(vec x) { return 1.0f / x; }
 static inline float vhsum(vec x) { return x; }
 static inline float vhmax(vec x) { return x; }
 

@@ -35,6 +35,7 @@ typedef struct {
 typedef struct {
     float *qt, *dot; /* [D][ldq]  the query tile transposed and scaled; the dO tile transposed */
     float *st, *ds;  /* [block_k][ldq] S then P; dP then dS (keys-major) */
+    float *dcap;     /* [block_k][ldq] 1 - tanh²(s / softcap): the softcap's derivative (with a softcap) */
     float *rows;     /* [ldq][dp] a Q or dO tile padded to whole vectors */
     float *kpad;     /* [block_k][dp] a K tile padded */
     float *acc, *acc2; /* [max(ldq, block_k)][dp] dQ, or dK and dV of a key tile */
@@ -64,6 +65,9 @@ extern const cl_isa_impl cl_impl_avx512;
 #if defined(__aarch64__)
 extern const cl_isa_impl cl_impl_neon;
 #endif
+
+/* The unbounded side of a visibility bound (vis_lo, vis_hi). */
+#define CL_UNBOUNDED ((int64_t)1 << 62)
 
 static inline int64_t cl_round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 

@@ -12,9 +12,13 @@
  *   test_driver --primitives ISA       self-check dot/axpy/scale/max/exp over lengths 0..67 (prints "ok")
  *
  * CASE: one text line "chordlab-case B Hq Hkv Lq Lk D causal mask_kind mb mh mq mk block_q block_k threads
- * scale isa", then q, k, v as float32 and the [mb, mh, mq, mk] mask (uint8 or float32) if mask_kind != 0.
+ * scale isa [window left right softcap slope doc]", then q, k, v as float32 and the [mb, mh, mq, mk] mask (uint8 or
+ * float32) if mask_kind != 0. The optional variants (chapter 11): a window (flag, sides, -1 = unbounded), a softcap
+ * (0: none), one ALiBi slope for every head (0: none) and a block mask of documents of `doc` keys (0: none), built
+ * here for the kernel's own tiles: query i sees key j iff (i + Lk - Lq) / doc == j / doc.
  */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,9 +75,23 @@ int main(int argc, char **argv) {
     int causal, mask_kind, bq, bk, threads;
     float scale;
     char isa_name[32];
+    int window = 0;
+    long long left = -1, right = -1, doc = 0;
+    float softcap = 0.0f, slope = 0.0f;
     if (fscanf(f, "chordlab-case %lld %lld %lld %lld %lld %lld %d %d %lld %lld %lld %lld %d %d %d %f %31s", &B, &Hq,
-               &Hkv, &Lq, &Lk, &D, &causal, &mask_kind, &mb, &mh, &mq, &mk, &bq, &bk, &threads, &scale, isa_name) != 17
-        || fgetc(f) != '\n') {
+               &Hkv, &Lq, &Lk, &D, &causal, &mask_kind, &mb, &mh, &mq, &mk, &bq, &bk, &threads, &scale, isa_name) != 17) {
+        fprintf(stderr, "bad case header\n");
+        return 2;
+    }
+    int c = fgetc(f);
+    if (c == ' ') {
+        if (fscanf(f, "%d %lld %lld %f %f %lld", &window, &left, &right, &softcap, &slope, &doc) != 6) {
+            fprintf(stderr, "bad variants in the case header\n");
+            return 2;
+        }
+        c = fgetc(f);
+    }
+    if (c != '\n') {
         fprintf(stderr, "bad case header\n");
         return 2;
     }
@@ -103,6 +121,35 @@ int main(int argc, char **argv) {
     a.mask_sj = mk > 1 ? 1 : 0;
     a.block_q = bq; a.block_k = bk; a.threads = threads;
     a.algorithm = argc == 4 && !backward ? CL_ALGO_ROWWISE : CL_ALGO_BLOCKED;
+    a.window = window; a.window_left = left; a.window_right = right; a.softcap = softcap;
+    float *slopes = malloc((size_t)(B * Hq) * 4);
+    if (!slopes) return 3;
+    for (long long x = 0; x < B * Hq; x++) slopes[x] = slope;
+    if (slope != 0.0f) { a.alibi = slopes; a.alibi_sb = Hq; }
+    const long long n_qt = (Lq + bq - 1) / bq, n_kt = (Lk + bk - 1) / bk;
+    uint8_t *kinds = malloc((size_t)(n_qt * n_kt)), *tiles = calloc((size_t)(n_qt * n_kt * bq * bk), 1);
+    int32_t *index = malloc((size_t)(n_qt * n_kt) * 4);
+    if (!kinds || !tiles || !index) return 3;
+    if (doc > 0) { /* the documents' block mask: kinds per tile, the partial tiles' masks */
+        int32_t n_partial = 0;
+        for (long long qt = 0; qt < n_qt; qt++)
+            for (long long kt = 0; kt < n_kt; kt++) {
+                long long seen = 0, valid = 0;
+                uint8_t *tile = tiles + (size_t)n_partial * bq * bk;
+                for (long long i = qt * bq; i < (qt + 1) * bq && i < Lq; i++)
+                    for (long long j = kt * bk; j < (kt + 1) * bk && j < Lk; j++) {
+                        const int see = (i + Lk - Lq) / doc == j / doc;
+                        tile[(i - qt * bq) * bk + (j - kt * bk)] = (uint8_t)see;
+                        seen += see;
+                        valid++;
+                    }
+                const long long at = qt * n_kt + kt;
+                kinds[at] = seen == 0 ? 0 : seen == valid ? 1 : 2;
+                index[at] = kinds[at] == 2 ? n_partial++ : -1;
+                if (kinds[at] != 2) memset(tile, 0, (size_t)(bq * bk));
+            }
+        a.bm_kinds = kinds; a.bm_index = index; a.bm_tiles = tiles;
+    }
     const int isa = strcmp(isa_name, "best") == 0 ? cl_isa_best() : cl_isa_lookup(isa_name);
     const int rc = cl_attention(isa, &a);
     if (rc != CL_OK) { fprintf(stderr, "cl_attention failed: %d\n", rc); return 4; }
@@ -122,13 +169,13 @@ int main(int argc, char **argv) {
         if (!o || fwrite(dq, 4, nq, o) != nq || fwrite(dk, 4, nk, o) != nk || fwrite(dv, 4, nk, o) != nk) return 5;
         fclose(o);
         free(drow); free(dq); free(dk); free(dv); free(dout);
-        free(q); free(k); free(v); free(mask); free(out); free(lse);
+        free(q); free(k); free(v); free(mask); free(out); free(lse); free(slopes); free(kinds); free(tiles); free(index);
         return 0;
     }
 
     FILE *o = fopen(argv[2], "wb");
     if (!o || fwrite(out, 4, nq, o) != nq || fwrite(lse, 4, (size_t)(B * Hq * Lq), o) != (size_t)(B * Hq * Lq)) return 5;
     fclose(o);
-    free(q); free(k); free(v); free(mask); free(out); free(lse);
+    free(q); free(k); free(v); free(mask); free(out); free(lse); free(slopes); free(kinds); free(tiles); free(index);
     return 0;
 }

@@ -29,6 +29,8 @@
 #define expf exp
 #define logf log
 #define fmaxf fmax
+#define fabsf fabs
+#define tanhf tanh
 #define FLOAT4_LOAD(ptr, i) vload4((i), (ptr))
 typedef long index_t;
 

@@ -21,17 +21,25 @@
 
 #define BWD_ARGS                                                                                             \
     const GLOBAL float *q, const GLOBAL float *k, const GLOBAL float *v, const GLOBAL unsigned char *mask_b, \
-        const GLOBAL float *mask_f, const GLOBAL float *lse, const GLOBAL float *dout,                      \
-        const GLOBAL float *drow, GLOBAL float *dq, GLOBAL float *dk, GLOBAL float *dv, int Hq, int Hkv,     \
-        int Lq, int Lk, float scale, int causal, int mask_kind, index_t msb, index_t msh, index_t msi,      \
-        index_t msj
+        const GLOBAL float *mask_f, const GLOBAL float *alibi, const GLOBAL float *lse,                     \
+        const GLOBAL float *dout, const GLOBAL float *drow, GLOBAL float *dq, GLOBAL float *dk,              \
+        GLOBAL float *dv, int Hq, int Hkv, int Lq, int Lk, float scale, int vis_lo, int vis_hi, float softcap, \
+        int mask_kind, index_t msb, index_t msh, index_t msi, index_t msj
 
-/* p = exp(s - lse) for score (i, j) of head h, or 0 when the key is hidden or the row saw no key */
-DEVICE float weight(const GLOBAL float *qi, const GLOBAL float *kj, float scale, float bias, float lse_i) {
+/* p = exp(hook(s) + bias - lse) for score (i, j), or 0 when the key is hidden or the row saw no key; *dcap gets
+ * the score hook's derivative (1 - tanh² with a softcap, else 1) */
+DEVICE float weight(const GLOBAL float *qi, const GLOBAL float *kj, float scale, float bias, float lse_i,
+                    float softcap, float slope, int i, int j, int offset, float *dcap) {
+    *dcap = 1.0f;
     if (bias == -INFINITY || lse_i == -INFINITY) return 0.0f;
     float s = 0.0f;
     for (int d = 0; d < HEAD_DIM; d++) s += qi[d] * kj[d];
-    return expf(s * scale + bias - lse_i);
+    s *= scale;
+    if (softcap > 0.0f) {
+        const float t = tanhf(s / softcap);
+        *dcap = 1.0f - t * t;
+    }
+    return expf(score_hook(s, softcap, slope, i, j, offset) + bias - lse_i);
 }
 
 KERNEL void flash_bwd_dq(BWD_ARGS) {
@@ -47,14 +55,17 @@ KERNEL void flash_bwd_dq(BWD_ARGS) {
     const index_t mbase = b * msb + h * msh;
     float acc[HEAD_DIM];
     for (int d = 0; d < HEAD_DIM; d++) acc[d] = 0.0f;
-    const int stop = key_stop(causal, i + 1, Lq, Lk);
-    for (int j = 0; j < stop; j++) {
+    const int stop = key_stop(vis_hi, i + 1, Lq, Lk), offset = Lk - Lq;
+    const float slope = alibi[(index_t)b * Hq + h];
+    for (int j = key_start(vis_lo, i, 1); j < stop; j++) {
         const float bias = mask_bias(mask_b, mask_f, mask_kind, mbase, msi, msj, i, j);
-        const float p = weight(qi, kh + (index_t)j * HEAD_DIM, scale, bias, lse[row]);
+        float dcap;
+        const float p = weight(qi, kh + (index_t)j * HEAD_DIM, scale, bias, lse[row], softcap, slope, i, j, offset,
+                               &dcap);
         if (p == 0.0f) continue;
         float dp = 0.0f;
         for (int d = 0; d < HEAD_DIM; d++) dp += doi[d] * vh[(index_t)j * HEAD_DIM + d];
-        const float ds = p * (dp - drow[row]);
+        const float ds = p * (dp - drow[row]) * dcap;
         for (int d = 0; d < HEAD_DIM; d++) acc[d] += ds * kh[(index_t)j * HEAD_DIM + d];
     }
     for (int d = 0; d < HEAD_DIM; d++) dq[row * HEAD_DIM + d] = acc[d] * scale;
@@ -70,21 +81,25 @@ KERNEL void flash_bwd_dkv(BWD_ARGS) {
     const GLOBAL float *vj = v + krow * HEAD_DIM;
     float dk_acc[HEAD_DIM], dv_acc[HEAD_DIM];
     for (int d = 0; d < HEAD_DIM; d++) dk_acc[d] = dv_acc[d] = 0.0f;
-    /* causal: query row i sees key j iff i >= j - (Lk - Lq) */
-    const int first = causal && j - (Lk - Lq) > 0 ? j - (Lk - Lq) : 0;
+    /* the window and causal rule: query row i sees key j iff j - vis_hi <= i <= j - vis_lo */
+    const int first = j - vis_hi > 0 ? j - vis_hi : 0, last = j - vis_lo < Lq - 1 ? j - vis_lo : Lq - 1;
+    const int offset = Lk - Lq;
     for (int g = 0; g < G; g++) {
         const int h = hk * G + g;
         const index_t mbase = b * msb + h * msh;
-        for (int i = first; i < Lq; i++) {
+        const float slope = alibi[(index_t)b * Hq + h];
+        for (int i = first; i <= last; i++) {
             const index_t row = ((index_t)b * Hq + h) * Lq + i;
             const float bias = mask_bias(mask_b, mask_f, mask_kind, mbase, msi, msj, i, j);
-            const float p = weight(q + row * HEAD_DIM, kj, scale, bias, lse[row]);
+            float dcap;
+            const float p = weight(q + row * HEAD_DIM, kj, scale, bias, lse[row], softcap, slope, i, j, offset,
+                                   &dcap);
             if (p == 0.0f) continue;
             const GLOBAL float *doi = dout + row * HEAD_DIM;
             const GLOBAL float *qi = q + row * HEAD_DIM;
             float dp = 0.0f;
             for (int d = 0; d < HEAD_DIM; d++) dp += doi[d] * vj[d];
-            const float ds = p * (dp - drow[row]);
+            const float ds = p * (dp - drow[row]) * dcap;
             for (int d = 0; d < HEAD_DIM; d++) {
                 dv_acc[d] += p * doi[d];
                 dk_acc[d] += ds * qi[d];

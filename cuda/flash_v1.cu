@@ -23,17 +23,18 @@ KERNEL void flash_v1(KERNEL_ARGS) {
     const GLOBAL float *kh = k + ((index_t)b * Hkv + hk) * Lk * HEAD_DIM;
     const GLOBAL float *vh = v + ((index_t)b * Hkv + hk) * Lk * HEAD_DIM;
     const index_t mbase = b * msb + h * msh;
-    const int k_stop = key_stop(causal, i + 1, Lq, Lk);
+    const int k_stop = key_stop(vis_hi, i + 1, Lq, Lk), offset = Lk - Lq;
+    const float slope = alibi[(index_t)b * Hq + h];
 
     float acc[HEAD_DIM];
 #pragma unroll
     for (int d = 0; d < HEAD_DIM; d++) acc[d] = 0.0f;
     float m = -INFINITY, l = 0.0f;
-    for (int j = 0; j < k_stop; j++) {
+    for (int j = key_start(vis_lo, i, 1); j < k_stop; j++) {
         float s = 0.0f;
 #pragma unroll 8 /* not fully: the q row stays in memory (L1), so the registers hold the output row */
         for (int d = 0; d < HEAD_DIM; d++) s += qi[d] * kh[(index_t)j * HEAD_DIM + d];
-        s = s * scale + mask_bias(mask_b, mask_f, mask_kind, mbase, msi, msj, i, j);
+        s = score_hook(s * scale, softcap, slope, i, j, offset) + mask_bias(mask_b, mask_f, mask_kind, mbase, msi, msj, i, j);
         if (s == -INFINITY) continue; /* a hidden key adds nothing */
         /* EXERCISE v1_update BEGIN (chapter 5: fold score s and value row j into m, l and acc) */
         const float m_new = fmaxf(m, s);

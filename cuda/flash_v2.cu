@@ -47,9 +47,10 @@ KERNEL void flash_v2(KERNEL_ARGS) {
 #pragma unroll
     for (int d = 0; d < HEAD_DIM; d++) acc[d] = 0.0f;
     float m = -INFINITY, l = 0.0f;
-    const int k_stop = key_stop(causal, q0 + BLOCK_Q, Lq, Lk); /* block-uniform: every thread loops alike */
+    const float slope = alibi[(index_t)b * Hq + h];
+    const int k_stop = key_stop(vis_hi, q0 + BLOCK_Q, Lq, Lk); /* block-uniform: every thread loops alike */
 
-    for (int k0 = 0; k0 < k_stop; k0 += BLOCK_K) {
+    for (int k0 = key_start(vis_lo, q0, BLOCK_K); k0 < k_stop; k0 += BLOCK_K) {
         __syncthreads(); /* the previous tile is no longer read */
         for (int e = t; e < BLOCK_K * HEAD_DIM; e += BLOCK_Q) {
             const int r = e / HEAD_DIM, c = e % HEAD_DIM;
@@ -64,11 +65,11 @@ KERNEL void flash_v2(KERNEL_ARGS) {
         for (int jj = 0; jj < BLOCK_K; jj++) {
             const int j = k0 + jj;
             float s = -INFINITY;
-            if (i < Lq && j < Lk && !(causal && j > i + offset)) {
+            if (i < Lq && j < Lk && visible(i, j, vis_lo, vis_hi)) {
                 s = 0.0f;
 #pragma unroll
                 for (int d = 0; d < HEAD_DIM; d++) s += q_tile[t][d] * k_tile[jj][d];
-                s += mask_bias(mask_b, mask_f, mask_kind, mbase, msi, msj, i, j);
+                s = score_hook(s, softcap, slope, i, j, offset) + mask_bias(mask_b, mask_f, mask_kind, mbase, msi, msj, i, j);
             }
             s_tile[t][jj] = s;
             tile_max = fmaxf(tile_max, s);

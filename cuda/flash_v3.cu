@@ -77,9 +77,10 @@ KERNEL void flash_v3(KERNEL_ARGS) {
 #pragma unroll
         for (int c = 0; c < DIMS_PER_LANE; c++) acc[r][c] = 0.0f;
     }
-    const int k_stop = key_stop(causal, q0 + BLOCK_Q, Lq, Lk); /* block-uniform */
+    const float slope = alibi[(index_t)b * Hq + h];
+    const int k_stop = key_stop(vis_hi, q0 + BLOCK_Q, Lq, Lk); /* block-uniform */
 
-    for (int k0 = 0; k0 < k_stop; k0 += BLOCK_K) {
+    for (int k0 = key_start(vis_lo, q0, BLOCK_K); k0 < k_stop; k0 += BLOCK_K) {
         __syncthreads();
         if (HEAD_DIM % 4 == 0) {
             for (int e = t; e < BLOCK_K * HEAD_DIM / 4; e += THREADS) {
@@ -107,10 +108,10 @@ KERNEL void flash_v3(KERNEL_ARGS) {
         for (int r = 0; r < ROWS_PER_WARP; r++) {
             const int row = warp * ROWS_PER_WARP + r, i = q0 + row, j = k0 + lane;
             float s = -INFINITY; /* lane = key */
-            if (i < Lq && j < Lk && !(causal && j > i + offset)) {
+            if (i < Lq && j < Lk && visible(i, j, vis_lo, vis_hi)) {
                 s = 0.0f;
                 for (int d = 0; d < HEAD_DIM; d++) s += q_tile[row][d] * k_tile[lane][d];
-                s += mask_bias(mask_b, mask_f, mask_kind, mbase, msi, msj, i, j);
+                s = score_hook(s, softcap, slope, i, j, offset) + mask_bias(mask_b, mask_f, mask_kind, mbase, msi, msj, i, j);
             }
             const float m_new = fmaxf(m[r], warp_max(s, scratch));
             const float m_use = usable_max(m_new);

@@ -45,8 +45,8 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
 
 template <typename T>
 DEVICE void flash_v4_body(const T *q, const T *k, const T *v, const unsigned char *mask_b, const float *mask_f,
-                          float *out, float *lse, int Hq, int Hkv, int Lq, int Lk, float scale, int causal,
-                          int mask_kind, index_t msb, index_t msh, index_t msi, index_t msj, T *q_tile, T *k_tile,
+                          const float *alibi, float *out, float *lse, int Hq, int Hkv, int Lq, int Lk, float scale,
+                          int vis_lo, int vis_hi, float softcap, int mask_kind, index_t msb, index_t msh, index_t msi, index_t msj, T *q_tile, T *k_tile,
                           T *v_tile, float *s_all, T *p_all, float *o_all, float *m_all, float *l_all) {
     const int t = threadIdx.x, lane = t % WARP_SIZE, warp = t / WARP_SIZE;
     const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * BLOCK_Q;
@@ -69,8 +69,9 @@ DEVICE void flash_v4_body(const T *q, const T *k, const T *v, const unsigned cha
     for (int e = lane; e < 16 * HEAD_DIM; e += WARP_SIZE) o_w[(e / HEAD_DIM) * LDF + e % HEAD_DIM] = 0.0f;
     if (lane < 16) { m_w[lane] = -INFINITY; l_w[lane] = 0.0f; }
 
-    const int k_stop = key_stop(causal, q0 + BLOCK_Q, Lq, Lk);
-    for (int k0 = 0; k0 < k_stop; k0 += BLOCK_K) {
+    const float slope = alibi[(index_t)b * Hq + h];
+    const int k_stop = key_stop(vis_hi, q0 + BLOCK_Q, Lq, Lk);
+    for (int k0 = key_start(vis_lo, q0, BLOCK_K); k0 < k_stop; k0 += BLOCK_K) {
         __syncthreads();
         for (int e = t; e < BLOCK_K * HEAD_DIM; e += WARPS * WARP_SIZE) {
             const int r = e / HEAD_DIM, c = e % HEAD_DIM;
@@ -102,8 +103,9 @@ DEVICE void flash_v4_body(const T *q, const T *k, const T *v, const unsigned cha
             for (int jj = 0; jj < BLOCK_K; jj++) {
                 const int j = k0 + jj;
                 float s = -INFINITY;
-                if (i < Lq && j < Lk && !(causal && j > i + offset))
-                    s = s_w[lane * LDS + jj] * scale + mask_bias(mask_b, mask_f, mask_kind, mbase, msi, msj, i, j);
+                if (i < Lq && j < Lk && visible(i, j, vis_lo, vis_hi))
+                    s = score_hook(s_w[lane * LDS + jj] * scale, softcap, slope, i, j, offset) +
+                        mask_bias(mask_b, mask_f, mask_kind, mbase, msi, msj, i, j);
                 s_w[lane * LDS + jj] = s;
                 tile_max = fmaxf(tile_max, s);
             }
@@ -151,9 +153,9 @@ DEVICE void flash_v4_body(const T *q, const T *k, const T *v, const unsigned cha
 }
 
 KERNEL void flash_v4(const unsigned short *q, const unsigned short *k, const unsigned short *v,
-                     const unsigned char *mask_b, const float *mask_f, float *out, float *lse, int Hq, int Hkv,
-                     int Lq, int Lk, float scale, int causal, int mask_kind, index_t msb, index_t msh, index_t msi,
-                     index_t msj, int use_bf16) {
+                     const unsigned char *mask_b, const float *mask_f, const float *alibi, float *out, float *lse,
+                     int Hq, int Hkv, int Lq, int Lk, float scale, int vis_lo, int vis_hi, float softcap,
+                     int mask_kind, index_t msb, index_t msh, index_t msi, index_t msj, int use_bf16) {
     __shared__ __align__(32) unsigned short q_tile[BLOCK_Q * LDH];
     __shared__ __align__(32) unsigned short k_tile[BLOCK_K * LDH];
     __shared__ __align__(32) unsigned short v_tile[BLOCK_K * LDH];
@@ -165,14 +167,14 @@ KERNEL void flash_v4(const unsigned short *q, const unsigned short *k, const uns
     if (use_bf16)
         flash_v4_body<__nv_bfloat16>(
             reinterpret_cast<const __nv_bfloat16 *>(q), reinterpret_cast<const __nv_bfloat16 *>(k),
-            reinterpret_cast<const __nv_bfloat16 *>(v), mask_b, mask_f, out, lse, Hq, Hkv, Lq, Lk, scale, causal,
-            mask_kind, msb, msh, msi, msj, reinterpret_cast<__nv_bfloat16 *>(q_tile),
+            reinterpret_cast<const __nv_bfloat16 *>(v), mask_b, mask_f, alibi, out, lse, Hq, Hkv, Lq, Lk, scale,
+            vis_lo, vis_hi, softcap, mask_kind, msb, msh, msi, msj, reinterpret_cast<__nv_bfloat16 *>(q_tile),
             reinterpret_cast<__nv_bfloat16 *>(k_tile), reinterpret_cast<__nv_bfloat16 *>(v_tile), s_all,
             reinterpret_cast<__nv_bfloat16 *>(p_all), o_all, m_all, l_all);
     else
         flash_v4_body<half>(reinterpret_cast<const half *>(q), reinterpret_cast<const half *>(k),
-                            reinterpret_cast<const half *>(v), mask_b, mask_f, out, lse, Hq, Hkv, Lq, Lk, scale,
-                            causal, mask_kind, msb, msh, msi, msj, reinterpret_cast<half *>(q_tile),
+                            reinterpret_cast<const half *>(v), mask_b, mask_f, alibi, out, lse, Hq, Hkv, Lq, Lk,
+                            scale, vis_lo, vis_hi, softcap, mask_kind, msb, msh, msi, msj, reinterpret_cast<half *>(q_tile),
                             reinterpret_cast<half *>(k_tile), reinterpret_cast<half *>(v_tile), s_all,
                             reinterpret_cast<half *>(p_all), o_all, m_all, l_all);
 }

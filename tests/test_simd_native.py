@@ -38,7 +38,31 @@ EDGE_CASES = [
 ]
 
 
-def write_case(path: Path, q, k, v, mask, causal, block_q, block_k, isa, threads=2):
+# chapter 11's variants: (edge case, window, softcap, ALiBi slope, document size of a block mask)
+VARIANT_CASES = [
+    ((1, 2, 1, 40, 57, 16, False, None, 8, 16), (10, 3), 2.0, 0.3, 0),
+    ((2, 2, 2, 33, 33, 17, True, "bool", 5, 7), (4, None), 0.0, 0.1, 0),
+    ((1, 1, 1, 70, 70, 32, False, None, 16, 16), None, 5.0, 0.0, 20),
+    ((1, 2, 1, 50, 64, 64, True, "additive", 16, 32), (30, 0), 3.0, 0.05, 16),
+]
+
+
+def variant_kwargs(spec, window, softcap, slope, doc) -> dict:
+    """The `attention` keywords of a variant case (the driver builds the same block mask in C)."""
+    B, Hq, _, Lq, Lk, *_, bq, bk = spec
+    kw = {"window": window, "softcap": softcap or None, "alibi_slopes": [slope] * Hq if slope else None}
+    if doc:
+        kw["block_mask"] = chordlab.block_mask(lambda b, h, qi, ki: (qi + Lk - Lq) // doc == ki // doc, None, None,
+                                               Lq, Lk, bq, bk)
+    return kw
+
+
+def variant_header(window, softcap, slope, doc) -> str:
+    left, right = (-1 if w is None else w for w in (window or (None, None)))
+    return f" {int(window is not None)} {left} {right} {softcap} {slope} {doc}"
+
+
+def write_case(path: Path, q, k, v, mask, causal, block_q, block_k, isa, threads=2, variants=""):
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     if mask is None:
@@ -49,7 +73,7 @@ def write_case(path: Path, q, k, v, mask, causal, block_q, block_k, isa, threads
         kind, mshape, payload = 2, mask.shape, np.ascontiguousarray(mask, dtype=np.float32).tobytes()
     scale = np.float32(1 / np.sqrt(D))
     header = (f"chordlab-case {B} {Hq} {Hkv} {Lq} {Lk} {D} {int(causal)} {kind} {' '.join(map(str, mshape))} "
-              f"{block_q} {block_k} {threads} {float(scale):.9g} {isa}\n")
+              f"{block_q} {block_k} {threads} {float(scale):.9g} {isa}{variants}\n")
     path.write_bytes(header.encode() + b"".join(np.ascontiguousarray(a).tobytes() for a in (q, k, v)) + payload)
 
 
@@ -90,6 +114,37 @@ def check_driver(run, tmp_path, isa):
         np.testing.assert_allclose(lse, want_lse, **F32, err_msg=f"{spec} on {isa}")
 
 
+def check_driver_variants(run, tmp_path, isa):
+    """Window, softcap, ALiBi and a block mask, forward and backward, against the float64 reference."""
+    for n, (spec, *var) in enumerate(VARIANT_CASES):
+        q, k, v, mask, causal, bq, bk = make_case(spec, 50 + n)
+        kw = variant_kwargs(spec, *var)
+        x64 = [a.astype(np.float64) for a in (q, k, v)]
+        out, lse = chordlab.attention(*x64, mask=mask, causal=causal, backend="reference", return_lse=True, **kw)
+        dout = np.random.default_rng(200 + n).standard_normal(q.shape).astype(np.float32)
+        want = chordlab.attention_backward(dout.astype(np.float64), *x64, out, lse, mask=mask, causal=causal,
+                                           backend="reference", **kw)
+        for mode in ("forward", "backward"):
+            case, out_path = tmp_path / f"vcase{n}{mode}.bin", tmp_path / f"vout{n}{mode}.bin"
+            write_case(case, q, k, v, mask, causal, bq, bk, isa, variants=variant_header(*var))
+            if mode == "backward":
+                with open(case, "ab") as f:
+                    f.write(dout.tobytes())
+            r = run([str(case), str(out_path), *(["backward"] if mode == "backward" else [])])
+            assert r.returncode == 0, f"case {spec} {var} on {isa}: exit {r.returncode}\n{r.stderr[-3000:]}"
+            assert "runtime error" not in r.stderr and "Sanitizer" not in r.stderr, r.stderr[-3000:]
+            data = np.fromfile(out_path, dtype=np.float32)
+            if mode == "forward":
+                got, got_lse = data[: q.size].reshape(q.shape), data[q.size:].reshape(q.shape[:3])
+                np.testing.assert_allclose(got, out, **F32, err_msg=f"{spec} {var} on {isa}")
+                np.testing.assert_allclose(got_lse, lse, **F32, err_msg=f"{spec} {var} on {isa}")
+            else:
+                for name, g, w in zip(("dq", "dk", "dv"), np.split(data, [q.size, q.size + k.size]), want,
+                                      strict=True):
+                    np.testing.assert_allclose(g.reshape(w.shape), w, rtol=1e-4, atol=2e-5,
+                                               err_msg=f"{name} {spec} {var} {isa}")
+
+
 @pytest.fixture(scope="module")
 def asan_driver(tmp_path_factory):
     cc = require_tool("gcc", "gcc")
@@ -113,6 +168,7 @@ def test_sanitizers_over_edge_shapes(asan_driver, tmp_path, isa):
         return subprocess.run([str(asan_driver), *args], capture_output=True, text=True, env=env, timeout=120)
 
     check_driver(run, tmp_path, isa)
+    check_driver_variants(run, tmp_path, isa)
     r = run(["--primitives", isa])
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
@@ -140,6 +196,7 @@ def test_neon_under_qemu(neon_driver, tmp_path):
     assert "neon 1 1" in r.stdout and "best neon" in r.stdout, r.stdout
     check_driver(run, tmp_path, "neon")
     check_driver(run, tmp_path, "scalar")
+    check_driver_variants(run, tmp_path, "neon")
     r = run(["--primitives", "neon"])
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 

@@ -24,7 +24,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     var m = stats[2u * row];
     var l = stats[2u * row + 1u];
     let stop = key_stop(i + 1u);
-    for (var j = P.k_begin; j < stop; j++) {
+    for (var j = key_start(i, 1u); j < stop; j++) {
         let bias = mask_bias(b, h, i, j);
         if (bias <= HIDDEN) {
             continue;
@@ -33,7 +33,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
         for (var d = 0u; d < HEAD_DIM; d++) {
             s += q[qo + d] * k[kvo + j * HEAD_DIM + d];
         }
-        s = s * P.scale + bias;
+        s = score_hook(s * P.scale, b, h, i, j) + bias;
         let m_new = max(m, s);
         let alpha = exp(m - m_new);
         let p = exp(s - m_new);

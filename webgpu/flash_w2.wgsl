@@ -41,7 +41,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec
         l = stats[2u * row + 1u];
     }
     let stop = key_stop(q0 + BLOCK_Q);  // the same for the whole workgroup: barriers stay uniform
-    for (var k0 = P.k_begin; k0 < stop; k0 += BLOCK_K) {
+    for (var k0 = key_start(q0, BLOCK_K); k0 < stop; k0 += BLOCK_K) {
         workgroupBarrier();
         for (var e = t; e < BLOCK_K * HEAD_DIM; e += BLOCK_Q) {
             let j = k0 + e / HEAD_DIM;
@@ -67,7 +67,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec
                     for (var d = 0u; d < HEAD_DIM; d++) {
                         dot += qr[d] * k_tile[jj * HEAD_DIM + d];
                     }
-                    val = dot + bias;
+                    val = score_hook(dot, b, h, i, j) + bias;
                 }
             }
             s[jj] = val;

@@ -83,7 +83,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec
         }
     }
     let stop = key_stop(q0 + BLOCK_Q);
-    for (var k0 = P.k_begin; k0 < stop; k0 += BLOCK_K) {
+    for (var k0 = key_start(q0, BLOCK_K); k0 < stop; k0 += BLOCK_K) {
         workgroupBarrier();
         for (var e = t; e < BLOCK_K * HEAD_DIM; e += BLOCK_K) {
             let j = k0 + e / HEAD_DIM;
@@ -108,7 +108,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec
                     for (var d = 0u; d < HEAD_DIM; d++) {
                         dot += q_tile[r * HEAD_DIM + d] * k_tile[t * HEAD_DIM + d];
                     }
-                    s = dot + bias;
+                    s = score_hook(dot, b, h, i, j) + bias;
                 }
             }
             let m_new = max(m[r], group_max(s, sg, lane, groups));
