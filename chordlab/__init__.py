@@ -9,6 +9,7 @@ The kernel progression, one idea per step (each module's header says what it add
     step5_cuda            CUDA kernels v1-v4 (PyCUDA on a GPU; v1-v3 also on the CPU through PoCL)
     step8_webgpu          WGSL kernels w1-w3 through wgpu-py, on any GPU (or lavapipe on the CPU)
     variants              sliding window, ALiBi, softcap and block-sparse masks (chapter 11)
+    kv_cache, decoding    KV caches (contiguous, paged) and `decode` with split-KV (chapter 10)
 
 Every step is a backend of one function, `attention(q, k, v, ..., backend=...)`; `backends()` lists them.
 """
@@ -16,7 +17,9 @@ Every step is a backend of one function, `attention(q, k, v, ..., backend=...)`;
 from . import step1_reference, step3_tiled, step4_simd, step5_cuda, step8_webgpu  # noqa: F401  (registers them)
 from .api import attention, attention_backward, choose_backend, explain_auto
 from .backends import Backend, BackendError, backends, get_backend, register
+from .decoding import decode
 from .exercises import check
+from .kv_cache import KVCache, PagedKVCache
 from .layers import MultiHeadAttention
 from .memory import (
     MemoryBudgetError,
@@ -40,5 +43,6 @@ __all__ = [
     "online_softmax", "softmax_naive", "softmax_safe", "SoftmaxState", "merge_states",
     "MultiHeadAttention", "check", "solution", "prepare", "AttentionProblem", "ProblemShape",
     "MemoryBudgetError", "memory_limit", "set_memory_limit", "get_memory_limit", "predict_memory",
-    "measure_peak", "format_bytes", "block_mask", "BlockMask", "alibi_slopes", "__version__",
+    "measure_peak", "format_bytes", "block_mask", "BlockMask", "alibi_slopes",
+    "decode", "KVCache", "PagedKVCache", "__version__",
 ]

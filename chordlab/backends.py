@@ -147,6 +147,24 @@ class Backend(ABC):
         """Working bytes ``backward`` allocates beyond the three gradients."""
         raise NotImplementedError(f"backend {self.name!r} has no backward pass")
 
+    #: Whether `decode` is implemented (chapter 10's `chordlab.decode` over a KV cache), and its options.
+    has_decode: bool = False
+    decode_options: tuple[str, ...] = ()
+
+    def supports_decode(self, problem) -> Availability:
+        """Whether `decode` can run this `chordlab.decoding.DecodeProblem` (dtypes of q and of the cache)."""
+        if not self.has_decode:
+            return Availability(False, "has no decode kernel")
+        return Availability(True)
+
+    def decode(self, problem, splits: int, **options) -> tuple[np.ndarray, np.ndarray]:
+        """``(out [B, Hq, Lq, D], lse [B, Hq, Lq])`` of a checked decode request, in ``splits`` split-KV ranges."""
+        raise NotImplementedError(f"backend {self.name!r} has no decode kernel")
+
+    def decode_threads(self, **options) -> int:
+        """Threads a decode call would use (``splits="auto"`` gives each two items)."""
+        return 1
+
     def check_options(self, options: dict) -> None:
         """TypeError for an option this backend does not take."""
         unknown = sorted(set(options) - set(self.options))

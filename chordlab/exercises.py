@@ -304,6 +304,20 @@ def _cases_tile_ds():
     return cases
 
 
+def _cases_block_table_lookup():
+    """Chapter 10: where key j of a sequence sits in a paged cache: (page, slot) from its block table."""
+    cases = []
+    for name, table, size, j in [("one key", [7, 2, 5], 4, np.array(9)),
+                                 ("every key of a 3-page sequence", [3, 0, 6], 16, np.arange(40))]:
+        table = np.asarray(table)
+        expected = (table[j // size], j % size)
+        cases.append(_Case(name, (table, size, j), expected,
+                           "page = block_table[j // page_size]; slot = j % page_size",
+                           nudge="key j is the (j // page_size)-th page of the sequence, at some offset inside it; "
+                                 "the block table says which physical page that is"))
+    return cases
+
+
 def _cases_sink_window_mask():
     """Chapter 11: a mask_fn for attention sinks (StreamingLLM): causal, the last 4 keys, and always the first 2."""
     def expected(q, kv):
@@ -335,6 +349,7 @@ _EXERCISES = {
     "w2_workgroup_bytes": _cases_w2_workgroup_bytes,
     "tile_ds": _cases_tile_ds,
     "sink_window_mask": _cases_sink_window_mask,
+    "block_table_lookup": _cases_block_table_lookup,
 }
 
 _misses: dict[str, int] = {}

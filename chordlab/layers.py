@@ -105,6 +105,35 @@ class MultiHeadAttention:
                            squeeze=squeeze, self_attention=context is x)
         return y[0] if squeeze else y
 
+    def extend(self, x, cache, *, backend: str = "auto", **decode_options):
+        """Generation with a KV cache (chapter 10): the new tokens ``x [B, L_new, d_model]`` (or ``[L_new, d_model]``
+        for a batch-1 cache) have their keys and values appended to ``cache`` (a `chordlab.KVCache` with this
+        layer's kv heads and head dim; they are converted to its dtype), then their queries attend to everything
+        cached (`chordlab.decode`, causal). The result equals the last ``L_new`` rows of ``forward`` over the whole
+        sequence with ``causal=True``, without recomputing the earlier tokens' keys and values."""
+        from .decoding import decode
+        from .kv_cache import KVCache
+
+        if not isinstance(cache, KVCache):
+            raise TypeError(f"cache must be a chordlab.KVCache, got {type(cache).__name__}")
+        if (cache.kv_heads, cache.head_dim) != (self.num_kv_heads, self.head_dim):
+            raise ValueError(f"the cache holds {cache.kv_heads} kv heads of dim {cache.head_dim}; this layer has "
+                             f"{self.num_kv_heads} of dim {self.head_dim}")
+        x = np.asarray(x)
+        squeeze = x.ndim == 2
+        x3 = (x[None] if squeeze else x).astype(self.dtype, copy=False)
+        if x3.ndim != 3 or x3.shape[-1] != self.d_model:
+            raise ValueError(f"x must be [L, d_model] or [B, L, d_model] with d_model={self.d_model}, got {x.shape}")
+        B, L, _ = x3.shape
+        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        q = (x3 @ self.w_q).reshape(B, L, H, D).transpose(0, 2, 1, 3)
+        k = (x3 @ self.w_k).reshape(B, L, Hkv, D).transpose(0, 2, 1, 3)
+        v = (x3 @ self.w_v).reshape(B, L, Hkv, D).transpose(0, 2, 1, 3)
+        cache.append(np.ascontiguousarray(k).astype(cache.dtype), np.ascontiguousarray(v).astype(cache.dtype))
+        o = decode(np.ascontiguousarray(q), cache, backend=backend, **decode_options)
+        y = o.transpose(0, 2, 1, 3).reshape(B, L, H * D) @ self.w_o
+        return y[0] if squeeze else y
+
     def backward(self, dy, *, backend: str = "auto") -> MhaGrads:
         """Gradients for ``dy``, the gradient of the last `forward`'s output (same shape). ``backend``: one with
         a backward pass (`chordlab.attention_backward`); the forward may have used any."""

@@ -144,9 +144,13 @@ def sink_window_mask(b, h, q_idx, kv_idx):
     return (kv_idx <= q_idx) & ((q_idx - kv_idx < 4) | (kv_idx < 2))
 
 
+def block_table_lookup(block_table, page_size, j):
+    return block_table[j // page_size], j % page_size
+
+
 SOLUTIONS = {f.__name__: f for f in (score_matrix_bytes, attention_2d, merge_states, tile_update, tiled_forward,
                                      c_dot, simd_scores_block, v2_shared_bytes, cuda_v1_update, working_set,
-                                     mha_params, w2_workgroup_bytes, tile_ds, sink_window_mask)}
+                                     mha_params, w2_workgroup_bytes, tile_ds, sink_window_mask, block_table_lookup)}
 EDITS = {"simd_scores_block": SCORES_BLOCK, "cuda_v1_update": V1_UPDATE}
 
 

@@ -188,5 +188,12 @@ class ReferenceBackend(Backend):
     def backward(self, problem, out, lse, dout, block_q=None, block_k=None, **options):
         return reference_backward(problem, out, lse, dout)
 
+    has_decode = True
+
+    def decode(self, problem, splits, **options):
+        from .decoding import reference_decode
+
+        return reference_decode(problem)
+
 
 register(ReferenceBackend())

@@ -198,5 +198,13 @@ class TiledBackend(Backend):
     def backward(self, problem, out, lse, dout, block_q=None, block_k=None, **options):
         return tiled_backward(problem, out, lse, dout, *self.resolve_blocks(block_q, block_k))
 
+    has_decode = True
+
+    def decode(self, problem, splits, **options):
+        """Flash-Decoding's split-KV in NumPy (`chordlab.decoding.split_kv_decode`)."""
+        from .decoding import split_kv_decode
+
+        return split_kv_decode(problem, splits)
+
 
 register(TiledBackend())

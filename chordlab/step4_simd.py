@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import Availability, Backend, register
+from .kv_cache import bfloat16
 from .step1_reference import ALL_VARIANTS
 from .sysinfo import usable_cores
 from .validation import AttentionProblem, ProblemShape
@@ -39,6 +40,7 @@ ISA_ENV = "CHORDLAB_ISA"
 ALGORITHMS = {"blocked": 0, "rowwise": 1}
 THREADS_ENV = "CHORDLAB_THREADS"
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
+DTYPE_BF16 = np.dtype(bfloat16) if bfloat16 is not None else None
 _ERRORS = {-1: "the requested ISA is not supported here", -2: "invalid arguments", -3: "out of memory for scratch"}
 
 
@@ -182,6 +184,58 @@ class SimdLibrary:
         if rc != 0:
             raise RuntimeError(f"the C backward failed: {_ERRORS.get(rc, rc)}")
         return dq, dk, dv
+
+    def decode(self, p, splits: int, isa: str | None = None, threads: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """`chordlab.decode` by the C split-KV kernel (csrc/decode_kernel.inc); the cache is read in place."""
+        ffi, lib = self.ffi, self.lib
+        index = self.isa_index(isa)
+        out = np.empty(p.q.shape, np.float32)
+        lse = np.empty(p.q.shape[:3], np.float32)
+        a = ffi.new("cl_decode_args *")
+        keep = [ffi.from_buffer("float[]", p.q), ffi.from_buffer("float[]", out, require_writable=True),
+                ffi.from_buffer("float[]", lse, require_writable=True)]
+        a.q, a.out, a.lse = keep
+        kv_bits = {np.dtype(np.float32): (lib.CL_KV_F32, np.float32)}
+        kv_bits[np.dtype(np.float16)] = (lib.CL_KV_F16, np.uint16)
+        kv_bits[DTYPE_BF16] = (lib.CL_KV_BF16, np.uint16)
+        a.kv_dtype, view = kv_bits[p.kv_dtype]
+        kv = [p.cache.k.view(view), p.cache.v.view(view)]
+        keep += kv + [ffi.from_buffer("char[]", x) for x in kv]
+        a.k, a.v = keep[-2:]
+        lengths = np.ascontiguousarray(p.lengths, np.int64)
+        keep += [lengths, ffi.from_buffer("int64_t[]", lengths)]
+        a.lengths = keep[-1]
+        if p.paged:
+            table = np.ascontiguousarray(p.block_table, np.int32)
+            keep += [table, ffi.from_buffer("int32_t[]", table)]
+            a.block_table, a.pages_per_seq, a.page_size = keep[-1], table.shape[1], p.cache.page_size
+        else:
+            a.capacity = p.cache.capacity
+        a.batch, a.heads_q, a.heads_kv, a.len_q, a.head_dim = p.batch, p.heads_q, p.heads_kv, p.len_q, p.head_dim
+        a.scale, a.splits, a.threads = p.scale, splits, resolve_threads(threads)
+        if p.window is not None:
+            a.window = 1
+            a.window_left, a.window_right = (-1 if w is None else w for w in p.window)
+        if p.alibi is not None:
+            slopes = np.ascontiguousarray(p.alibi, np.float32)
+            keep += [slopes, ffi.from_buffer("float[]", slopes)]
+            a.alibi, a.alibi_sb = keep[-1], (p.heads_q if slopes.shape[0] > 1 else 0)
+        if p.softcap is not None:
+            a.softcap = p.softcap
+        rc = lib.cl_decode(index, a)
+        if rc != 0:
+            raise RuntimeError(f"the C decode failed: {_ERRORS.get(rc, rc)}")
+        return out, lse
+
+    def read_bandwidth(self, threads: int | None = None, megabytes: int = 512, rounds: int = 5,
+                       isa: str | None = None) -> float:
+        """This machine's read bandwidth in GB/s: ``threads`` threads sum their slices of a buffer much larger
+        than the caches (a STREAM-like read, best of ``rounds``), with the same vector loads as the kernels."""
+        gbs = self.lib.cl_read_bandwidth(self.isa_index(isa), int(megabytes) << 20, resolve_threads(threads), rounds)
+        if gbs <= 0:
+            raise RuntimeError("the bandwidth probe failed (out of memory?)")
+        return float(gbs)
 
     # -- primitives (the seed's micro-benchmarks and chapter 4) ---------------------------------------
     def _vec(self, name: str, x) -> np.ndarray:
@@ -386,6 +440,24 @@ class SimdBackend(Backend):
         lib = library or globals()["library"]()
         return lib.attention(problem, *self.resolve_blocks(block_q, block_k), isa=isa, threads=threads,
                              algorithm=algorithm)
+
+    has_decode = True
+    decode_options = ("isa", "threads", "library")
+
+    def supports_decode(self, p):
+        if p.dtype != np.float32:
+            return Availability(False, f"backend 'simd' decodes float32 queries, not {p.dtype}; cast q with "
+                                       ".astype(np.float32) or use backend='tiled'")
+        if p.kv_dtype not in (np.dtype(np.float32), np.dtype(np.float16), DTYPE_BF16):
+            return Availability(False, f"backend 'simd' reads float32, float16 or bfloat16 caches, not {p.kv_dtype}")
+        return Availability(True)
+
+    def decode_threads(self, threads=None, **options) -> int:
+        return resolve_threads(threads)
+
+    def decode(self, problem, splits, isa=None, threads=None, library=None):
+        lib = library or globals()["library"]()
+        return lib.decode(problem, splits, isa=isa, threads=threads)
 
     has_backward = True
     # The backward's own default tiles: 64 x 256 measured 160 GFLOP/s against 138 for 128 x 128 at head dim 128,

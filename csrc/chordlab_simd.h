@@ -90,6 +90,38 @@ typedef struct {
 } cl_backward_args;
 int cl_attention_backward(int isa, cl_attention_args *args, const cl_backward_args *grads);
 
+/* Decode (chapter 10): a few new queries per sequence against its KV cache, split-KV (Flash-Decoding). The cached
+ * keys of sequence b are 0 .. lengths[b]; query i of Lq sees key j iff j <= i + lengths[b] - Lq (causal, bottom-right)
+ * and the window allows it. Work items are (sequence, kv head, split): the visible keys are cut into `splits` equal
+ * ranges computed independently (all query heads of a kv head together, so each K/V row is read once) and merged by
+ * their log-sum-exp, so a single sequence with few heads still uses every core. Deterministic for any threads. */
+#define CL_KV_F32 0
+#define CL_KV_F16 1  /* IEEE half, converted on load (F16C, AVX-512F, NEON, or bit operations) */
+#define CL_KV_BF16 2 /* bfloat16, converted on load by a 16-bit shift (exactly what AVX512-BF16's vcvtpbh2ps does) */
+typedef struct {
+    const float *q;          /* [B, Hq, Lq, D] */
+    float *out, *lse;        /* [B, Hq, Lq, D], [B, Hq, Lq] written */
+    const void *k, *v;       /* contiguous: [B, Hkv, capacity, D]; paged: pages [num_pages, Hkv, page_size, D] */
+    int kv_dtype;
+    const int64_t *lengths;  /* [B] cached keys per sequence (>= Lq) */
+    const int32_t *block_table; /* paged: [B, pages_per_seq] page ids; NULL: contiguous */
+    int64_t pages_per_seq, page_size, capacity;
+    int64_t batch, heads_q, heads_kv, len_q, head_dim;
+    float scale;
+    int window;              /* as in cl_attention_args, relative to each sequence's own length */
+    int64_t window_left, window_right;
+    const float *alibi;      /* NULL or slopes, (b, h) at b * alibi_sb + h */
+    int64_t alibi_sb;
+    float softcap;
+    int splits;              /* >= 1 */
+    int threads;             /* <= 0: one per available core */
+    int64_t scratch_bytes;   /* written */
+} cl_decode_args;
+int cl_decode(int isa, cl_decode_args *args);
+
+/* Read bandwidth (STREAM-like): `threads` threads sum their slices of a `bytes` buffer, best of `rounds`; GB/s. */
+double cl_read_bandwidth(int isa, int64_t bytes, int threads, int rounds);
+
 /* Primitives, per ISA (the seed's dot and weighted add, and the pieces of the softmax). */
 float cl_dot(int isa, const float *a, const float *b, int64_t n);
 void cl_axpy(int isa, float alpha, const float *x, float *y, int64_t n); /* y += alpha * x */

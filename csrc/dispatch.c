@@ -51,12 +51,21 @@ int cl_isa_lookup(const char *name) {
     return -1;
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+/* F16C (the avx2 path's float16 loads): CPUID leaf 1, ECX bit 29 (clang's __builtin_cpu_supports lacks "f16c"). */
+static int has_f16c(void) {
+    unsigned eax, ebx, ecx, edx;
+    return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx >> 29 & 1);
+}
+#endif
+
 int cl_isa_supported(int isa) {
     if (!impl_of(isa)) return 0;
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
     __builtin_cpu_init();
     if (isa == 0) return !!__builtin_cpu_supports("avx512f");
-    if (isa == 1) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+    if (isa == 1) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c() ? 1 : 0;
 #endif
     return 1;
 }
@@ -169,7 +178,7 @@ static cl_scratch carve(float *base, scratch_layout s) {
 
 /* ------------------------------------------------------------------ threads */
 
-enum { JOB_FORWARD, JOB_BACKWARD_DKV, JOB_BACKWARD_DQ };
+enum { JOB_FORWARD, JOB_BACKWARD_DKV, JOB_BACKWARD_DQ, JOB_DECODE, JOB_READ };
 
 typedef struct {
     const cl_attention_args *args;
@@ -178,12 +187,18 @@ typedef struct {
     int64_t next; /* atomic */
     int kind;
     const cl_backward_args *grads;
+    const cl_decode_args *dargs; /* JOB_DECODE: its arguments and the splits' partial results */
+    float *part;
+    const float *buf;            /* JOB_READ: item i sums buf[i * slice ..], into sums[i] */
+    int64_t slice, total;
+    double *sums;
 } job_t;
 
 typedef struct {
     job_t *job;
     cl_scratch scratch;
     cl_bscratch bscratch;
+    float *dscratch;
 } worker_t;
 
 static void *work(void *p) {
@@ -192,7 +207,13 @@ static void *work(void *p) {
     for (;;) {
         const int64_t item = __atomic_fetch_add(&w->job->next, 1, __ATOMIC_RELAXED);
         if (item >= job->n_items) break;
-        if (job->kind == JOB_BACKWARD_DKV)
+        if (job->kind == JOB_DECODE)
+            job->impl->decode_item(job->dargs, item, w->dscratch, job->part);
+        else if (job->kind == JOB_READ) {
+            const int64_t start = item * job->slice;
+            const int64_t n = start + job->slice < job->total ? job->slice : job->total - start;
+            job->sums[item] = job->impl->sum(job->buf + start, n);
+        } else if (job->kind == JOB_BACKWARD_DKV)
             job->impl->backward_dkv_item(job->args, job->grads, item, &w->bscratch);
         else if (job->kind == JOB_BACKWARD_DQ)
             job->impl->backward_dq_item(job->args, job->grads, item, &w->bscratch);
@@ -345,7 +366,8 @@ int cl_attention(int isa, cl_attention_args *a) {
         return CL_ERR_ARGS;
     set_visibility(a);
     const cl_isa_impl *impl = impl_of(isa);
-    job_t job = {a, impl, a->batch * a->heads_q * ((a->len_q + a->block_q - 1) / a->block_q), 0, JOB_FORWARD, NULL};
+    job_t job = {.args = a, .impl = impl, .n_items = a->batch * a->heads_q * ((a->len_q + a->block_q - 1) / a->block_q),
+                 .kind = JOB_FORWARD};
     int64_t threads = a->threads > 0 ? a->threads : cl_default_threads();
     if (threads > job.n_items) threads = job.n_items;
 
@@ -413,8 +435,10 @@ int cl_attention_backward(int isa, cl_attention_args *a, const cl_backward_args 
     set_visibility(a);
     const cl_isa_impl *impl = impl_of(isa);
     const int64_t n_kt = (a->len_k + a->block_k - 1) / a->block_k, n_qt = (a->len_q + a->block_q - 1) / a->block_q;
-    job_t jobs[2] = {{a, impl, a->batch * a->heads_kv * n_kt, 0, JOB_BACKWARD_DKV, g},
-                     {a, impl, a->batch * a->heads_q * n_qt, 0, JOB_BACKWARD_DQ, g}};
+    job_t jobs[2] = {{.args = a, .impl = impl, .n_items = a->batch * a->heads_kv * n_kt, .kind = JOB_BACKWARD_DKV,
+                      .grads = g},
+                     {.args = a, .impl = impl, .n_items = a->batch * a->heads_q * n_qt, .kind = JOB_BACKWARD_DQ,
+                      .grads = g}};
     int64_t threads = a->threads > 0 ? a->threads : cl_default_threads();
     const int64_t most = jobs[0].n_items > jobs[1].n_items ? jobs[0].n_items : jobs[1].n_items;
     if (threads > most) threads = most;
@@ -444,4 +468,116 @@ int cl_attention_backward(int isa, cl_attention_args *a, const cl_backward_args 
     free(tids);
     scratch_free(base, total);
     return rc;
+}
+
+/* ------------------------------------------------------------------ decode (chapter 10) */
+
+int cl_decode(int isa, cl_decode_args *a) {
+    if (!cl_isa_supported(isa)) return CL_ERR_ISA;
+    if (!a || !a->q || !a->out || !a->lse || !a->k || !a->v || !a->lengths || a->batch < 1 || a->heads_q < 1 ||
+        a->heads_kv < 1 || a->heads_q % a->heads_kv != 0 || a->len_q < 1 || a->head_dim < 1 || a->splits < 1 ||
+        a->kv_dtype < CL_KV_F32 || a->kv_dtype > CL_KV_BF16 || a->softcap < 0.0f || a->softcap != a->softcap)
+        return CL_ERR_ARGS;
+    for (int64_t b = 0; b < a->batch; b++) {
+        const int64_t len = a->lengths[b];
+        const int64_t room = a->block_table ? a->pages_per_seq * a->page_size : a->capacity;
+        if (len < a->len_q || len > room) return CL_ERR_ARGS;
+    }
+    if (a->block_table && a->page_size < 1) return CL_ERR_ARGS;
+    const cl_isa_impl *impl = impl_of(isa);
+    const int64_t D = a->head_dim, rows = a->batch * a->heads_q * a->len_q;
+    const int64_t R = a->heads_q / a->heads_kv * a->len_q;
+    job_t job;
+    memset(&job, 0, sizeof job);
+    job.impl = impl;
+    job.kind = JOB_DECODE;
+    job.dargs = a;
+    job.n_items = a->batch * a->heads_kv * a->splits;
+    int64_t threads = a->threads > 0 ? a->threads : cl_default_threads();
+    if (threads > job.n_items) threads = job.n_items;
+    const int64_t per_thread = cl_round_up(cl_decode_scratch_floats(impl->lanes, D, R), 16);
+    const int64_t part_floats = rows * a->splits * (D + 2);
+    const size_t total = (size_t)(per_thread * threads + part_floats) * sizeof(float);
+    float *base = (float *)aligned_alloc(64, cl_round_up((int64_t)total, 64));
+    if (!base) return CL_ERR_NOMEM;
+    if (alloc_hook) alloc_hook(base, total, 0);
+    a->scratch_bytes = (int64_t)total;
+    job.part = base + per_thread * threads;
+    worker_t *workers = (worker_t *)calloc((size_t)threads, sizeof(worker_t));
+    pthread_t *tids = (pthread_t *)calloc((size_t)threads, sizeof(pthread_t));
+    int rc = CL_OK;
+    if (!workers || !tids) {
+        rc = CL_ERR_NOMEM;
+    } else {
+        for (int64_t t = 0; t < threads; t++) {
+            workers[t].job = &job;
+            workers[t].dscratch = base + t * per_thread;
+        }
+        run_workers(workers, tids, threads);
+        /* merge the splits of every row by their log-sum-exp (chapter 2's merge_states) */
+        for (int64_t r = 0; r < rows; r++) {
+            const float *p = job.part + r * a->splits * (D + 2);
+            float m = -INFINITY;
+            for (int s = 0; s < a->splits; s++) m = p[s * (D + 2) + D] > m ? p[s * (D + 2) + D] : m;
+            float *o = a->out + r * D;
+            memset(o, 0, (size_t)D * sizeof(float));
+            if (m == -INFINITY) {
+                a->lse[r] = -INFINITY;
+                continue;
+            }
+            float l = 0.0f;
+            for (int s = 0; s < a->splits; s++) {
+                const float *ps = p + s * (D + 2);
+                if (ps[D] == -INFINITY) continue;
+                const float w = expf(ps[D] - m);
+                l += w * ps[D + 1];
+                for (int64_t d = 0; d < D; d++) o[d] += w * ps[d];
+            }
+            const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+            for (int64_t d = 0; d < D; d++) o[d] *= inv;
+            a->lse[r] = l > 0.0f ? m + logf(l) : -INFINITY;
+        }
+    }
+    free(workers);
+    free(tids);
+    scratch_free(base, total);
+    return rc;
+}
+
+double cl_read_bandwidth(int isa, int64_t bytes, int threads, int rounds) {
+    if (!cl_isa_supported(isa) || bytes < 4096 || rounds < 1 || rounds > 1000) return -1.0;
+    const cl_isa_impl *impl = impl_of(isa);
+    const int64_t n = bytes / (int64_t)sizeof(float);
+    if (threads <= 0) threads = cl_default_threads();
+    float *buf = (float *)aligned_alloc(64, (size_t)cl_round_up(n * (int64_t)sizeof(float), 64));
+    double *sums = (double *)calloc((size_t)threads, sizeof(double));
+    worker_t *workers = (worker_t *)calloc((size_t)threads, sizeof(worker_t));
+    pthread_t *tids = (pthread_t *)calloc((size_t)threads, sizeof(pthread_t));
+    if (!buf || !sums || !workers || !tids) {
+        free(buf); free(sums); free(workers); free(tids);
+        return -1.0;
+    }
+    for (int64_t i = 0; i < n; i++) buf[i] = (float)(i & 7); /* touch every page before timing */
+    double best = 1e300;
+    volatile double sink = 0.0;
+    for (int r = 0; r < rounds; r++) {
+        job_t job;
+        memset(&job, 0, sizeof job);
+        job.impl = impl;
+        job.kind = JOB_READ;
+        job.n_items = threads;
+        job.buf = buf;
+        job.total = n;
+        job.slice = (n + threads - 1) / threads;
+        job.sums = sums;
+        for (int t = 0; t < threads; t++) workers[t].job = &job;
+        const double t0 = now_ns();
+        run_workers(workers, tids, threads);
+        const double dt = now_ns() - t0;
+        for (int t = 0; t < threads; t++) sink += sums[t];
+        if (dt < best) best = dt;
+    }
+    (void)sink;
+    free(buf); free(sums); free(workers); free(tids);
+    return (double)n * sizeof(float) / best; /* bytes per ns = GB/s */
 }

@@ -1,10 +1,10 @@
 /* isa_avx2.c: 8 floats per vector with fused multiply-add (Intel Haswell / AMD Zen and newer).
- * Compiled with its own target attributes; only called when the CPU reports AVX2 and FMA. */
+ * Compiled with its own target attributes; only called when the CPU reports AVX2, FMA and F16C. */
 #if defined(__x86_64__) || defined(__i386__)
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
 #else
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 #endif
 
 #include <immintrin.h>
@@ -26,6 +26,14 @@ typedef __m256 vec;
 #define vfma _mm256_fmadd_ps
 #define vmax _mm256_max_ps
 #define vmin _mm256_min_ps /* like minps: b when either is NaN */
+/* W float16 (F16C) or bfloat16 (a 16-bit shift) values to float32 */
+/* the sums of four vectors, into out[0..4): three horizontal adds and one 128-bit add */
+static inline void vhsum4(vec a0, vec a1, vec a2, vec a3, float *out) {
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+}
+#define vload_f16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+#define vload_bf16(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
 /* 1/x to about float precision: the 12-bit estimate and two Newton steps (no divider) */
 static inline vec vrcp(vec x) {
     vec r = _mm256_rcp_ps(x);
@@ -75,6 +83,9 @@ static inline vec vexp(vec xin) {
 #define S_NR 2
 #define PV_MR 6
 #define PV_NR 2
+
+/* decode: query rows per register block (x 4 keys of accumulators) */
+#define DEC_RB 2
 
 #include "flash_kernel.inc"
 

@@ -26,6 +26,19 @@ typedef __m512 vec;
 #define vfma _mm512_fmadd_ps
 #define vmax _mm512_max_ps
 #define vmin _mm512_min_ps /* like minps: b when either is NaN */
+/* W float16 or bfloat16 values to float32 (bf16: a 16-bit shift, what AVX512-BF16's vcvtpbh2ps does) */
+/* the sums of four vectors, into out[0..4): one transpose-and-add tree instead of four full reductions */
+static inline void vhsum4(vec a0, vec a1, vec a2, vec a3, float *out) {
+    const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, 0x44), _mm512_shuffle_f32x4(a0, a1, 0xEE));
+    const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xEE));
+    __m512 v = _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xDD));
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, 0xB1));
+    const __m512i pick = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm_storeu_ps(out, _mm512_castps512_ps128(_mm512_permutexvar_ps(pick, v)));
+}
+#define vload_f16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
+#define vload_bf16(p) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
 /* 1/x to about float precision: the 14-bit estimate and one Newton step (no divider) */
 static inline vec vrcp(vec x) {
     const vec r = _mm512_rcp14_ps(x);
@@ -62,6 +75,9 @@ static inline vec vexp(vec xin) {
 #define S_NR 4
 #define PV_MR 6
 #define PV_NR 4
+
+/* decode: query rows per register block (x 4 keys of accumulators) */
+#define DEC_RB 4
 
 #include "flash_kernel.inc"
 

@@ -20,6 +20,11 @@ typedef float32x4_t vec;
 #define vfma(a, b, c) vfmaq_f32((c), (a), (b))
 #define vmax vmaxq_f32
 #define vmin vminq_f32
+/* W float16 (fcvtl) or bfloat16 (a 16-bit shift) values to float32 */
+/* the sums of four vectors, into out[0..4): three pairwise adds */
+#define vhsum4(a0, a1, a2, a3, out) vst1q_f32((out), vpaddq_f32(vpaddq_f32((a0), (a1)), vpaddq_f32((a2), (a3))))
+#define vload_f16(p) vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)(p))))
+#define vload_bf16(p) vreinterpretq_f32_u32(vshll_n_u16(vld1_u16((const uint16_t *)(p)), 16))
 /* 1/x to about float precision: the 8-bit estimate and two Newton steps (no divider) */
 static inline vec vrcp(vec x) {
     vec r = vrecpeq_f32(x);
@@ -54,6 +59,9 @@ static inline vec vexp(vec xin) {
 #define S_NR 4
 #define PV_MR 6
 #define PV_NR 4
+
+/* decode: query rows per register block (x 4 keys of accumulators) */
+#define DEC_RB 4
 
 #include "flash_kernel.inc"
 #endif

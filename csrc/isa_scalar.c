@@ -25,6 +25,11 @@ static inline vec vfma(vec a, vec b, vec c) { return a * b + c; }
 static inline vec vmax(vec a, vec b) { return a > b ? a : b; } /* like maxps: b when either is NaN */
 static inline vec vmin(vec a, vec b) { return a < b ? a : b; } /* like minps: b when either is NaN */
 static inline vec vrcp(vec x) { return 1.0f / x; }
+static inline void vhsum4(vec a0, vec a1, vec a2, vec a3, float *out) {
+    out[0] = a0; out[1] = a1; out[2] = a2; out[3] = a3;
+}
+static inline vec vload_f16(const uint16_t *p) { return cl_f16_to_f32(*p); }
+static inline vec vload_bf16(const uint16_t *p) { return cl_bf16_to_f32(*p); }
 static inline float vhsum(vec x) { return x; }
 static inline float vhmax(vec x) { return x; }
 
@@ -54,5 +59,8 @@ static inline vec vexp(vec x) {
 #define S_NR 4
 #define PV_MR 4
 #define PV_NR 4
+
+/* decode: query rows per register block (x 4 keys of accumulators) */
+#define DEC_RB 2
 
 #include "flash_kernel.inc"

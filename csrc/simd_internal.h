@@ -3,6 +3,7 @@
 #define CHORDLAB_SIMD_INTERNAL_H
 
 #include <math.h>
+#include <stdint.h>
 
 #include "chordlab_simd.h"
 
@@ -21,6 +22,8 @@
 #define CL_EXP_P3 4.1665795894e-2f
 #define CL_EXP_P4 1.6666665459e-1f
 #define CL_EXP_P5 5.0000001201e-1f
+
+static inline int64_t cl_round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 /* One work item = one (batch, query head, query tile). Scratch is one thread's private memory. */
 typedef struct {
@@ -42,6 +45,25 @@ typedef struct {
     float *lse, *drow, *ones; /* [max(ldq, block_k)] per query lane; ones for the micro-kernel's alpha */
 } cl_bscratch;
 
+/* float16 and bfloat16 bits to float32, one value (the tails of vector loads, and the scalar path). */
+static inline float cl_bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } x = {(uint32_t)h << 16};
+    return x.f;
+}
+static inline float cl_f16_to_f32(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    union { uint32_t u; float f; } x;
+    if (exp == 0x1f) {
+        x.u = sign | 0x7f800000u | (man << 13); /* inf, NaN */
+    } else if (exp == 0) {
+        x.f = (float)man * 5.9604644775390625e-8f; /* subnormal: man * 2^-24 */
+        x.u |= sign;
+    } else {
+        x.u = sign | ((exp + 112) << 23) | (man << 13);
+    }
+    return x.f;
+}
+
 typedef struct {
     const char *name;
     int lanes;
@@ -54,7 +76,16 @@ typedef struct {
     void (*attention_item_rowwise)(const cl_attention_args *, int64_t item, cl_scratch *);
     void (*backward_dkv_item)(const cl_attention_args *, const cl_backward_args *, int64_t item, cl_bscratch *);
     void (*backward_dq_item)(const cl_attention_args *, const cl_backward_args *, int64_t item, cl_bscratch *);
+    void (*decode_item)(const cl_decode_args *, int64_t item, float *scratch, float *part);
+    double (*sum)(const float *x, int64_t n); /* the bandwidth probe's read */
 } cl_isa_impl;
+
+/* The decode kernel's chunk of keys and its per-thread scratch (floats), for R = G * Lq query rows. */
+#define CL_DEC_CHUNK 32
+static inline int64_t cl_decode_scratch_floats(int lanes, int64_t D, int64_t R) {
+    const int64_t dp = cl_round_up(D, lanes);
+    return 2 * R * dp + 2 * R + R * CL_DEC_CHUNK + 2 * CL_DEC_CHUNK * dp + 64;
+}
 
 /* Defined by each ISA file that is compiled for this architecture. */
 extern const cl_isa_impl cl_impl_scalar;
@@ -68,7 +99,5 @@ extern const cl_isa_impl cl_impl_neon;
 
 /* The unbounded side of a visibility bound (vis_lo, vis_hi). */
 #define CL_UNBOUNDED ((int64_t)1 << 62)
-
-static inline int64_t cl_round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 #endif

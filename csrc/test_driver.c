@@ -10,6 +10,7 @@
  *   test_driver CASE OUT backward      the forward, then the backward for the dO that follows the case's mask:
  *                                      write dq [B,Hq,Lq,D], dk and dv [B,Hkv,Lk,D] (float32) to OUT
  *   test_driver --primitives ISA       self-check dot/axpy/scale/max/exp over lengths 0..67 (prints "ok")
+ *   test_driver --decode CASE OUT      decode (chapter 10) over a KV cache: write out [B,Hq,Lq,D], lse [B,Hq,Lq]
  *
  * CASE: one text line "chordlab-case B Hq Hkv Lq Lk D causal mask_kind mb mh mq mk block_q block_k threads
  * scale isa [window left right softcap slope doc]", then q, k, v as float32 and the [mb, mh, mq, mk] mask (uint8 or
@@ -55,6 +56,55 @@ static int primitives(const char *isa_name) {
     return 0;
 }
 
+/* DECODE CASE: "chordlab-decode B Hq Hkv Lq D kv_dtype pages(0: contiguous) page_size pages_per_seq capacity
+ * splits threads window left right softcap slope isa", then lengths [B] int64, the block table [B, pages_per_seq]
+ * int32 (paged), q [B,Hq,Lq,D] float32, then k and v as the cache stores them. */
+static int decode_case(const char *path, const char *out_path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { perror(path); return 2; }
+    long long B, Hq, Hkv, Lq, D, pages, page_size, pps, capacity, left, right;
+    int dtype, splits, threads, window;
+    float softcap, slope;
+    char isa_name[32];
+    if (fscanf(f, "chordlab-decode %lld %lld %lld %lld %lld %d %lld %lld %lld %lld %d %d %d %lld %lld %f %f %31s",
+               &B, &Hq, &Hkv, &Lq, &D, &dtype, &pages, &page_size, &pps, &capacity, &splits, &threads, &window,
+               &left, &right, &softcap, &slope, isa_name) != 18 || fgetc(f) != '\n') {
+        fprintf(stderr, "bad decode header\n");
+        return 2;
+    }
+    const size_t esize = dtype == CL_KV_F32 ? 4 : 2;
+    const size_t kv_items = (size_t)(pages ? pages * Hkv * page_size * D : B * Hkv * capacity * D);
+    const size_t nq = (size_t)(B * Hq * Lq * D), rows = (size_t)(B * Hq * Lq);
+    int64_t *lengths = malloc((size_t)B * 8);
+    int32_t *table = pages ? malloc((size_t)(B * pps) * 4) : NULL;
+    float *q = malloc(nq * 4), *out = malloc(nq * 4), *lse = malloc(rows * 4), *slopes = malloc((size_t)(B * Hq) * 4);
+    void *k = malloc(kv_items * esize), *v = malloc(kv_items * esize);
+    if (!lengths || (pages && !table) || !q || !out || !lse || !slopes || !k || !v) return 3;
+    if (!read_all(f, lengths, (size_t)B * 8) || (pages && !read_all(f, table, (size_t)(B * pps) * 4)) ||
+        !read_all(f, q, nq * 4) || !read_all(f, k, kv_items * esize) || !read_all(f, v, kv_items * esize)) {
+        fprintf(stderr, "short decode case\n");
+        return 2;
+    }
+    fclose(f);
+    for (long long x = 0; x < B * Hq; x++) slopes[x] = slope;
+    cl_decode_args a;
+    memset(&a, 0, sizeof a);
+    a.q = q; a.out = out; a.lse = lse; a.k = k; a.v = v; a.kv_dtype = dtype; a.lengths = lengths;
+    a.block_table = table; a.pages_per_seq = pps; a.page_size = page_size; a.capacity = capacity;
+    a.batch = B; a.heads_q = Hq; a.heads_kv = Hkv; a.len_q = Lq; a.head_dim = D;
+    a.scale = 1.0f / sqrtf((float)D); a.splits = splits; a.threads = threads;
+    a.window = window; a.window_left = left; a.window_right = right; a.softcap = softcap;
+    if (slope != 0.0f) { a.alibi = slopes; a.alibi_sb = Hq; }
+    const int isa = strcmp(isa_name, "best") == 0 ? cl_isa_best() : cl_isa_lookup(isa_name);
+    const int rc = cl_decode(isa, &a);
+    if (rc != CL_OK) { fprintf(stderr, "cl_decode failed: %d\n", rc); return 4; }
+    FILE *o = fopen(out_path, "wb");
+    if (!o || fwrite(out, 4, nq, o) != nq || fwrite(lse, 4, rows, o) != rows) return 5;
+    fclose(o);
+    free(lengths); free(table); free(q); free(out); free(lse); free(slopes); free(k); free(v);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "--isas") == 0) {
         for (int i = 0; i < cl_isa_count(); i++)
@@ -63,6 +113,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (argc == 3 && strcmp(argv[1], "--primitives") == 0) return primitives(argv[2]);
+    if (argc == 4 && strcmp(argv[1], "--decode") == 0) return decode_case(argv[2], argv[3]);
     const int backward = argc == 4 && strcmp(argv[3], "backward") == 0;
     if (argc != 3 && !(argc == 4 && (strcmp(argv[3], "rowwise") == 0 || backward))) {
         fprintf(stderr, "usage: %s CASE OUT [rowwise|backward] | --isas | --primitives ISA\n", argv[0]);
