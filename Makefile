@@ -38,6 +38,7 @@ lab: $(LAB_STAMP)  ## start JupyterLab at the repository root, open on notebooks
 test: $(STAMP)  ## system parts, PyCUDA, lint, unit tests, and every notebook under nbval
 	scripts/system-deps.sh
 	scripts/install-pycuda.sh $(BIN)/python
+	scripts/install-torch.sh $(BIN)/python
 	$(MAKE) --no-print-directory lint unit nbval nbval-fallback
 
 test-binder:  ## the Binder/conda route (environment.yml, apt.txt, postBuild) in a fresh environment, chapters run

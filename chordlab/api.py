@@ -15,7 +15,7 @@ import numpy as np
 
 from .backends import _REGISTRY, Backend, BackendError, backend_names, get_backend
 from .memory import MemoryBudgetError, check_fits, format_bytes, get_memory_limit, predict_memory
-from .validation import AttentionProblem, check_block_size, prepare
+from .validation import AttentionProblem, check_block_size, lse_dtype, prepare
 
 
 def _predicted_total(b: Backend, p: AttentionProblem, block_q, block_k, options) -> tuple[int, int, int]:
@@ -113,7 +113,9 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, backend="auto", b
     """Scaled dot-product attention ``softmax(scale · Q Kᵀ + mask) V``.
 
     Args:
-        q: ``[B, Hq, Lq, D]`` (or ``[Hq, Lq, D]`` or ``[Lq, D]``), float32 or float64.
+        q: ``[B, Hq, Lq, D]`` (or ``[Hq, Lq, D]`` or ``[Lq, D]``), float32, float64, float16 or bfloat16
+            (``ml_dtypes.bfloat16``; chapter 12: the softmax and its sums run in float32, out has q's dtype, lse is
+            float32).
         k, v: ``[B, Hkv, Lk, D]`` in the same layout and dtype; ``Hq`` must be a multiple of ``Hkv``
             (grouped-query attention: query head ``h`` uses key/value head ``h // (Hq // Hkv)``).
         mask: optional, broadcastable to ``[B, Hq, Lq, Lk]`` (``[Lq, Lk]``, ``[B, 1, Lq, Lk]``,
@@ -172,7 +174,7 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, backend="auto", b
             f"(output {format_bytes(output)} + working memory {format_bytes(extra)})",
             total, b.memory_advice())
         out, lse = run_forward(b, p, block_q, block_k, options)
-    out, lse = p.to_caller_layout(np.asarray(out, dtype=p.dtype), np.asarray(lse, dtype=p.dtype))
+    out, lse = p.to_caller_layout(np.asarray(out, dtype=p.dtype), np.asarray(lse, dtype=lse_dtype(p.dtype)))
     return (out, lse) if return_lse else out
 
 
@@ -180,7 +182,8 @@ def _check_like(name: str, x, shape: tuple, dtype: np.dtype, what: str) -> np.nd
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array ({what}), got {type(x).__name__}")
     if x.dtype != dtype:
-        raise TypeError(f"{name} must have q's dtype {dtype} ({what}), got {x.dtype}")
+        whose = "q's dtype" if name != "lse" else "the dtype"
+        raise TypeError(f"{name} must have {whose} {dtype} ({what}), got {x.dtype}")
     if x.shape != shape:
         raise ValueError(f"{name} must have shape {shape} ({what}), got {x.shape}")
     return x
@@ -242,7 +245,7 @@ def attention_backward(dout, q, k, v, out, lse, *, mask=None, causal=False, scal
     q_shape = np.shape(q)
     dout = _check_like("dout", dout, q_shape, p.dtype, "the gradient of attention's output: q's shape")
     out = _check_like("out", out, q_shape, p.dtype, "the output of attention(q, k, v, ..., return_lse=True)")
-    lse = _check_like("lse", lse, q_shape[:-1], p.dtype,
+    lse = _check_like("lse", lse, q_shape[:-1], lse_dtype(p.dtype),
                       "the lse of attention(q, k, v, ..., return_lse=True): q's shape without the head dim")
     for name, value in (("block_q", block_q), ("block_k", block_k)):
         if isinstance(value, str):

@@ -84,8 +84,10 @@ class DecodeProblem:
 def _check_q(q) -> np.ndarray:
     if not isinstance(q, np.ndarray):
         raise TypeError(f"q must be a NumPy array [B, Hq, Lq, D], got {type(q).__name__}")
-    if q.dtype not in (np.float32, np.float64):
-        raise TypeError(f"q must be float32 or float64 (the cache may hold 16-bit K/V), got {q.dtype}")
+    from .validation import SUPPORTED_DTYPES
+
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"q must be float32, float64, float16 or bfloat16, got {q.dtype}")
     if q.ndim != 4:
         raise ValueError(f"q must be [B, Hq, Lq, D] (Lq new tokens, usually 1), got shape {q.shape}")
     return q
@@ -263,7 +265,8 @@ def decode(q, cache, *, scale=None, backend="auto", splits="auto", return_lse=Fa
     """Attention of new queries ``q [B, Hq, Lq, D]`` over a KV cache (see the module docstring).
 
     Args:
-        q: float32 (or float64 for the NumPy backends); its new tokens' keys already appended to the cache.
+        q: float32 (or float64 for the NumPy backends; float16 and bfloat16 are decoded in float32 and returned in
+            their dtype); its new tokens' keys already appended to the cache.
         cache: a `KVCache` (row b) or a `PagedKVCache` (sequence ``seq_ids[b]``; default: every live sequence).
         scale: default ``1 / sqrt(D)``.
         backend: ``"simd"`` (C, float32/float16/bfloat16 caches), ``"tiled"`` (split-KV in NumPy),
@@ -277,6 +280,11 @@ def decode(q, cache, *, scale=None, backend="auto", splits="auto", return_lse=Fa
     """
     if block_mask is not None:
         raise TypeError("decode takes no block_mask (its keys grow every step); use window= or attention(...)")
+    from .validation import compute_dtype, lse_dtype
+
+    out_dtype = q.dtype if isinstance(q, np.ndarray) else None
+    if out_dtype is not None and compute_dtype(out_dtype) != out_dtype:
+        q = q.astype(compute_dtype(out_dtype))  # 16-bit queries: decoded in float32, returned in their dtype
     p = prepare_decode(q, cache, scale=scale, seq_ids=seq_ids, window=window, alibi_slopes=alibi_slopes,
                        softcap=softcap)
     if backend == "auto":
@@ -304,5 +312,5 @@ def decode(q, cache, *, scale=None, backend="auto", splits="auto", return_lse=Fa
     from .api import run_backend
 
     out, lse = run_backend(b, lambda: b.decode(p, n_splits, **options))
-    out, lse = np.asarray(out, p.dtype), np.asarray(lse, p.dtype)
+    out, lse = np.asarray(out, out_dtype), np.asarray(lse, lse_dtype(out_dtype))
     return (out, lse) if return_lse else out

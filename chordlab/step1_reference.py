@@ -35,7 +35,7 @@ import numpy as np
 
 from . import variants
 from .backends import Backend, register
-from .validation import AttentionProblem, ProblemShape
+from .validation import SUPPORTED_DTYPES, AttentionProblem, ProblemShape
 
 #: Every variant of chapter 11; the reference computes them all on the full score matrix.
 ALL_VARIANTS = frozenset({"window", "alibi", "softcap", "block_mask"})
@@ -152,6 +152,7 @@ class ReferenceBackend(Backend):
     name = "reference"
     summary = "NumPy, textbook O(N²): the full score matrix (the ground truth)"
     auto_priority = 90
+    dtypes = SUPPORTED_DTYPES  # 16-bit inputs are computed in float32
     variants = ALL_VARIANTS
     backward_variants = ALL_VARIANTS
 
@@ -172,7 +173,7 @@ class ReferenceBackend(Backend):
         return "Use backend='tiled' (or 'auto'), which needs O(N) memory."
 
     def forward(self, problem, block_q=None, block_k=None, **options):
-        return reference_forward(problem)
+        return reference_forward(problem.upcast())  # 16-bit inputs: computed in float32
 
     has_backward = True
 
@@ -186,7 +187,9 @@ class ReferenceBackend(Backend):
             - rows * shape.len_k * itemsize
 
     def backward(self, problem, out, lse, dout, block_q=None, block_k=None, **options):
-        return reference_backward(problem, out, lse, dout)
+        f32 = problem.upcast()
+        return reference_backward(f32, out.astype(f32.dtype, copy=False), lse.astype(f32.dtype, copy=False),
+                                  dout.astype(f32.dtype, copy=False))
 
     has_decode = True
 

@@ -34,7 +34,7 @@ import numpy as np
 from . import variants
 from .backends import Backend, register
 from .step1_reference import ALL_VARIANTS, apply_mask, recompute_weights, safe_max
-from .validation import AttentionProblem, ProblemShape
+from .validation import SUPPORTED_DTYPES, AttentionProblem, ProblemShape
 
 
 def _mask_as_groups(mask: np.ndarray | None, heads_kv: int, group: int) -> np.ndarray | None:
@@ -162,6 +162,7 @@ class TiledBackend(Backend):
     takes_block_sizes = True
     default_blocks = (128, 128)
     auto_priority = 80
+    dtypes = SUPPORTED_DTYPES  # 16-bit inputs are computed in float32
     variants = ALL_VARIANTS
     backward_variants = ALL_VARIANTS
 
@@ -179,7 +180,7 @@ class TiledBackend(Backend):
         return working + mask_temp
 
     def forward(self, problem, block_q=None, block_k=None, **options):
-        return tiled_forward(problem, *self.resolve_blocks(block_q, block_k))
+        return tiled_forward(problem.upcast(), *self.resolve_blocks(block_q, block_k))  # 16-bit: in float32
 
     has_backward = True
 
@@ -196,7 +197,9 @@ class TiledBackend(Backend):
         return tiles + per_tile + row_vectors + products + mask_temp
 
     def backward(self, problem, out, lse, dout, block_q=None, block_k=None, **options):
-        return tiled_backward(problem, out, lse, dout, *self.resolve_blocks(block_q, block_k))
+        f32 = problem.upcast()
+        return tiled_backward(f32, out.astype(f32.dtype, copy=False), lse.astype(f32.dtype, copy=False),
+                              dout.astype(f32.dtype, copy=False), *self.resolve_blocks(block_q, block_k))
 
     has_decode = True
 

@@ -96,8 +96,14 @@ class SimdLibrary:
         """The C argument struct for problem ``p`` (cffi views kept alive in ``keep``)."""
         ffi = self.ffi
         a = ffi.new("cl_attention_args *")
-        keep += [ffi.from_buffer("float[]", x) for x in (p.q, p.k, p.v)]
-        a.q, a.k, a.v = keep[-3:]
+        if p.is_half:  # chapter 12: the kernel converts 16-bit tiles to float32 as it loads them
+            a.dtype = self.lib.CL_KV_F16 if p.dtype == np.float16 else self.lib.CL_KV_BF16
+            views = [ffi.cast("float *", ffi.from_buffer("uint16_t[]", x.view(np.uint16))) for x in (p.q, p.k, p.v)]
+            keep += [p.q, p.k, p.v] + views
+        else:
+            views = [ffi.from_buffer("float[]", x) for x in (p.q, p.k, p.v)]
+            keep += views
+        a.q, a.k, a.v = views
         a.batch, a.heads_q, a.heads_kv = p.batch, p.heads_q, p.heads_kv
         a.len_q, a.len_k, a.head_dim = p.len_q, p.len_k, p.head_dim
         a.scale, a.causal = p.scale, int(p.causal)
@@ -167,6 +173,8 @@ class SimdLibrary:
         """``(dq, dk, dv)`` by the C backward (two deterministic passes, see chordlab_simd.h)."""
         ffi = self.ffi
         index = self.isa_index(isa)
+        p = p.upcast()  # the C backward runs in float32: 16-bit inputs are converted here
+        out = np.asarray(out, dtype=np.float32)
         lse = np.ascontiguousarray(lse, dtype=np.float32)
         dout = np.ascontiguousarray(dout, dtype=np.float32)
         drow = np.einsum("bhld,bhld->bhl", dout, out, dtype=np.float32)  # D = rowsum(dO * O)
@@ -408,7 +416,8 @@ class SimdBackend(Backend):
     # 128 x 128: 1.5-3.5% over 64 x 128 at head dim 64 and 128, N 2048, one thread on Zen 5 (family 26), and
     # block_q = 128 also won the chapter 6 sweep on Zen 4; `block_q="auto"` tunes per machine.
     default_blocks = (128, 128)
-    dtypes = (np.dtype(np.float32),)
+    # float16 and bfloat16 (chapter 12): the forward converts the tiles as it loads them; the backward upcasts first
+    dtypes = (np.dtype(np.float32), np.dtype(np.float16)) + ((DTYPE_BF16,) if DTYPE_BF16 is not None else ())
     auto_priority = 20
     options = ("isa", "threads", "library", "algorithm")
     variants = ALL_VARIANTS
@@ -446,8 +455,8 @@ class SimdBackend(Backend):
 
     def supports_decode(self, p):
         if p.dtype != np.float32:
-            return Availability(False, f"backend 'simd' decodes float32 queries, not {p.dtype}; cast q with "
-                                       ".astype(np.float32) or use backend='tiled'")
+            return Availability(False, f"backend 'simd' decodes float32 queries (16-bit q is cast by chordlab.decode), "
+                                       f"not {p.dtype}; cast q with .astype(np.float32) or use backend='tiled'")
         if p.kv_dtype not in (np.dtype(np.float32), np.dtype(np.float16), DTYPE_BF16):
             return Availability(False, f"backend 'simd' reads float32, float16 or bfloat16 caches, not {p.kv_dtype}")
         return Availability(True)

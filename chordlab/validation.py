@@ -20,7 +20,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+try:
+    from ml_dtypes import bfloat16 as _bfloat16
+except ImportError:  # pragma: no cover - ml_dtypes is a dependency
+    _bfloat16 = None
+
+#: 16-bit inputs (chapter 12): the products may be 16-bit, but the softmax, the sums and lse are float32.
+HALF_DTYPES = tuple(np.dtype(d) for d in (np.float16,) + ((_bfloat16,) if _bfloat16 is not None else ()))
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64)) + HALF_DTYPES
+
+
+def compute_dtype(dtype) -> np.dtype:
+    """The dtype a computation runs in: float32 for a 16-bit input (as FlashAttention), else the input's."""
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if dtype in HALF_DTYPES else dtype
+
+
+def lse_dtype(dtype) -> np.dtype:
+    """The dtype of lse: float32 for 16-bit inputs (FlashAttention's), else the input's."""
+    return compute_dtype(dtype)
 _LAYOUT_NAMES = {2: "[L, D]", 3: "[H, L, D]", 4: "[B, H, L, D]"}
 
 
@@ -106,8 +124,22 @@ class AttentionProblem:
     def empty_result(self) -> tuple[np.ndarray, np.ndarray]:
         """Output zeros and lse = -inf: the answer when there are no keys (or no queries)."""
         out = np.zeros(self.q.shape, dtype=self.dtype)
-        lse = np.full(self.q.shape[:3], -np.inf, dtype=self.dtype)
+        lse = np.full(self.q.shape[:3], -np.inf, dtype=lse_dtype(self.dtype))
         return out, lse
+
+    @property
+    def is_half(self) -> bool:
+        """16-bit inputs (float16 or bfloat16): computed in float32 unless a kernel takes them as they are."""
+        return self.dtype in HALF_DTYPES
+
+    def upcast(self) -> AttentionProblem:
+        """The same problem in float32 (for a 16-bit one; itself otherwise): how the NumPy backends compute it."""
+        if not self.is_half:
+            return self
+        import dataclasses
+
+        f32 = [np.ascontiguousarray(x, dtype=np.float32) for x in (self.q, self.k, self.v)]
+        return dataclasses.replace(self, q=f32[0], k=f32[1], v=f32[2])
 
     def to_caller_layout(self, out: np.ndarray, lse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Drop the leading axes that `prepare` added, so results match the caller's layout."""
@@ -152,7 +184,7 @@ def _check_array(name: str, x) -> np.ndarray:
             raise TypeError(f"{name} must be a NumPy array, got {type(x).__name__}") from exc
     if x.dtype not in SUPPORTED_DTYPES:
         hint = " (cast it with .astype(np.float32))" if x.dtype.kind in "iufcb" else ""
-        raise TypeError(f"{name} must be float32 or float64, got dtype {x.dtype}{hint}")
+        raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got dtype {x.dtype}{hint}")
     if x.ndim not in _LAYOUT_NAMES:
         raise ValueError(
             f"{name} must be 2-D [L, D], 3-D [H, L, D] or 4-D [B, H, L, D]; got shape {x.shape}"

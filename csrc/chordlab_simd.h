@@ -43,6 +43,8 @@ typedef struct {
     int block_q, block_k;
     int threads;      /* <= 0: one per available core */
     int algorithm;    /* CL_ALGO_BLOCKED (the micro-kernels) or CL_ALGO_ROWWISE (the seed's design) */
+    int dtype;        /* the element type of q, k and v (forward): CL_KV_F32 (0), CL_KV_F16 or CL_KV_BF16 (chapter 12:
+                         converted to float32 as the tiles are loaded; the backward takes float32 only) */
     /* chapter 11's variants (a zeroed struct has none of them) */
     int window;       /* 1: key j visible to query i iff i + off - window_left <= j <= i + off + window_right,
                          off = len_k - len_q; a side < 0 is unbounded (causal still applies: right <= 0) */

@@ -144,7 +144,7 @@ void cl_set_alloc_hook(cl_alloc_hook hook) { alloc_hook = hook; }
 
 #define ALIGN_FLOATS 16 /* 64 bytes */
 
-typedef struct { int64_t qt, st, acc, vpad, vec3; } scratch_layout; /* sizes in floats */
+typedef struct { int64_t qt, st, acc, vpad, kconv, vec3; } scratch_layout; /* sizes in floats */
 
 static scratch_layout layout_for(int lanes, int64_t D, int block_q, int block_k) {
     const int64_t ldq = cl_round_up(block_q, lanes), dp = cl_round_up(D, lanes);
@@ -152,12 +152,13 @@ static scratch_layout layout_for(int lanes, int64_t D, int block_q, int block_k)
     s.qt = cl_round_up(D * ldq, ALIGN_FLOATS);
     s.st = cl_round_up((int64_t)block_k * ldq, ALIGN_FLOATS);
     s.acc = cl_round_up((int64_t)block_q * dp, ALIGN_FLOATS);
-    s.vpad = dp != D ? cl_round_up((int64_t)block_k * dp, ALIGN_FLOATS) : 0;
+    s.vpad = cl_round_up((int64_t)block_k * dp, ALIGN_FLOATS);   /* padded or converted V tiles */
+    s.kconv = cl_round_up((int64_t)block_k * D, ALIGN_FLOATS);   /* converted K tiles (16-bit inputs) */
     s.vec3 = cl_round_up(ldq, ALIGN_FLOATS);
     return s;
 }
 
-static int64_t layout_floats(scratch_layout s) { return s.qt + s.st + s.acc + s.vpad + 3 * s.vec3; }
+static int64_t layout_floats(scratch_layout s) { return s.qt + s.st + s.acc + s.vpad + s.kconv + 3 * s.vec3; }
 
 int64_t cl_scratch_bytes_per_thread(int isa, int64_t head_dim, int block_q, int block_k) {
     const cl_isa_impl *impl = IMPL_OR_SCALAR(isa);
@@ -170,7 +171,8 @@ static cl_scratch carve(float *base, scratch_layout s) {
     out.st = out.qt + s.qt;
     out.acc = out.st + s.st;
     out.vpad = out.acc + s.acc;
-    out.m = out.vpad + s.vpad;
+    out.kconv = out.vpad + s.vpad;
+    out.m = out.kconv + s.kconv;
     out.l = out.m + s.vec3;
     out.alpha = out.l + s.vec3;
     return out;
@@ -362,7 +364,8 @@ int cl_attention(int isa, cl_attention_args *a) {
     if (!cl_isa_supported(isa)) return CL_ERR_ISA;
     if (!problem_ok(a) || !variants_ok(a) || !a->out ||
         (a->algorithm != CL_ALGO_BLOCKED && a->algorithm != CL_ALGO_ROWWISE) ||
-        (a->algorithm == CL_ALGO_ROWWISE && has_variants(a)))
+        (a->algorithm == CL_ALGO_ROWWISE && (has_variants(a) || a->dtype != CL_KV_F32)) || a->dtype < CL_KV_F32 ||
+        a->dtype > CL_KV_BF16)
         return CL_ERR_ARGS;
     set_visibility(a);
     const cl_isa_impl *impl = impl_of(isa);
@@ -430,7 +433,8 @@ static cl_bscratch bcarve(float *base, const int64_t *part, int64_t wide) {
 
 int cl_attention_backward(int isa, cl_attention_args *a, const cl_backward_args *g) {
     if (!cl_isa_supported(isa)) return CL_ERR_ISA;
-    if (!problem_ok(a) || !variants_ok(a) || !g || !g->dout || !g->drow || !g->dq || !g->dk || !g->dv)
+    if (!problem_ok(a) || !variants_ok(a) || a->dtype != CL_KV_F32 || !g || !g->dout || !g->drow || !g->dq || !g->dk ||
+        !g->dv)
         return CL_ERR_ARGS;
     set_visibility(a);
     const cl_isa_impl *impl = impl_of(isa);

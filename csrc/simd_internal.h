@@ -30,7 +30,8 @@ typedef struct {
     float *qt;     /* [D][bq_pad]  the query tile, transposed and scaled */
     float *st;     /* [block_k][bq_pad] scores, then probabilities, keys-major */
     float *acc;    /* [bq_pad][d_pad] unnormalized output */
-    float *vpad;   /* [block_k][d_pad] a value tile padded to whole vectors (only when D % lanes != 0) */
+    float *vpad;   /* [block_k][d_pad] a value tile padded to whole vectors (D % lanes != 0) or converted (16-bit) */
+    float *kconv;  /* [block_k][D] a key tile converted from 16 bits */
     float *m, *l, *alpha; /* [bq_pad] running max, running sum, rescale factor */
 } cl_scratch;
 
@@ -62,6 +63,13 @@ static inline float cl_f16_to_f32(uint16_t h) {
         x.u = sign | ((exp + 112) << 23) | (man << 13);
     }
     return x.f;
+}
+
+/* Element i of a q/k/v array of type dtype (CL_KV_*), as float32. */
+static inline float cl_elem(const void *p, int dtype, int64_t i) {
+    if (dtype == 1) return cl_f16_to_f32(((const uint16_t *)p)[i]);
+    if (dtype == 2) return cl_bf16_to_f32(((const uint16_t *)p)[i]);
+    return ((const float *)p)[i];
 }
 
 typedef struct {

@@ -179,8 +179,8 @@ def test_bad_decode_requests_get_clear_errors(rng):
         chordlab.decode(q[:1], cache)
     with pytest.raises(ValueError, match=r"q must be \[B, Hq, Lq, D\]"):
         chordlab.decode(q[:, :, 0], cache)
-    with pytest.raises(TypeError, match="q must be float32 or float64"):
-        chordlab.decode(q.astype(np.float16), cache)
+    with pytest.raises(TypeError, match="q must be float32, float64, float16 or bfloat16"):
+        chordlab.decode(q.astype(np.int16), cache)
     with pytest.raises(ValueError, match="multiple of the cache's kv heads 2"):
         chordlab.decode(q[:, :3], cache)
     with pytest.raises(ValueError, match="splits must be a positive int"):

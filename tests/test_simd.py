@@ -82,7 +82,7 @@ def test_results_identical_for_any_thread_count(rng):
 
 def test_float64_is_refused_clearly_and_auto_falls_back(rng):
     q = rng.standard_normal((4, 8))
-    with pytest.raises(TypeError, match="computes in float32, not float64"):
+    with pytest.raises(TypeError, match="computes in float32, float16, bfloat16, not float64"):
         chordlab.attention(q, q, q, backend="simd")
     assert chordlab.choose_backend(chordlab.prepare(q, q, q)).name == "tiled"
     assert chordlab.choose_backend(chordlab.prepare(*(q.astype(np.float32),) * 3)).name == "simd"
