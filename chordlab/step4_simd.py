@@ -146,10 +146,27 @@ class SimdLibrary:
             a.bm_kinds, a.bm_index, a.bm_tiles = views
             a.bm_sb, a.bm_sh = (Hm * nq * nk if Bm > 1 else 0), (nq * nk if Hm > 1 else 0)
 
+    @property
+    def bf16_dot(self) -> bool:
+        """Whether this CPU runs the AVX512-BF16 dot-product path for bfloat16 inputs (chapter 12)."""
+        return bool(self.lib.cl_bf16_dot_supported())
+
     def attention(self, p: AttentionProblem, block_q: int, block_k: int, isa: str | None = None,
-                  threads: int | None = None, algorithm: str = "blocked") -> tuple[np.ndarray, np.ndarray]:
+                  threads: int | None = None, algorithm: str = "blocked", half: str = "auto"
+                  ) -> tuple[np.ndarray, np.ndarray]:
         ffi = self.ffi
         index = self.isa_index(isa)
+        paths = {"auto": self.lib.CL_HALF_AUTO, "convert": self.lib.CL_HALF_CONVERT, "dot": self.lib.CL_HALF_DOT}
+        if half not in paths:
+            raise ValueError(f"half must be one of {', '.join(paths)}, got {half!r}")
+        if half == "dot":
+            if p.dtype != DTYPE_BF16:
+                raise ValueError(f"half='dot' is the bfloat16 dot-product path; the inputs are {p.dtype}")
+            if not self.bf16_dot or self.isas()[index].name != "avx512":
+                raise RuntimeError("half='dot' needs isa 'avx512' on a CPU with AVX512_BF16 (vdpbf16ps); this one "
+                                   f"{'has it' if self.bf16_dot else 'has not'}: use half='convert'")
+            if p.head_dim % 2 or algorithm != "blocked":
+                raise ValueError("half='dot' pairs the head dims: it needs an even head dim and algorithm='blocked'")
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
         if algorithm != "blocked" and p.variants:
@@ -162,6 +179,7 @@ class SimdLibrary:
         a.out = ffi.from_buffer("float[]", out, require_writable=True)
         a.lse = ffi.from_buffer("float[]", lse, require_writable=True)
         a.algorithm = ALGORITHMS[algorithm]
+        a.half_path = paths[half]
         rc = self.lib.cl_attention(index, a)
         if rc != 0:
             raise RuntimeError(f"the C kernel failed: {_ERRORS.get(rc, rc)}")
@@ -419,7 +437,7 @@ class SimdBackend(Backend):
     # float16 and bfloat16 (chapter 12): the forward converts the tiles as it loads them; the backward upcasts first
     dtypes = (np.dtype(np.float32), np.dtype(np.float16)) + ((DTYPE_BF16,) if DTYPE_BF16 is not None else ())
     auto_priority = 20
-    options = ("isa", "threads", "library", "algorithm")
+    options = ("isa", "threads", "library", "algorithm", "half")
     variants = ALL_VARIANTS
     backward_variants = ALL_VARIANTS
 
@@ -445,10 +463,13 @@ class SimdBackend(Backend):
         # per-thread scratch (reported to tracemalloc); an additive float64 mask would add a float32 copy
         return lib.scratch_bytes(isa, shape.head_dim, bq, bk, n_threads)
 
-    def forward(self, problem, block_q=None, block_k=None, isa=None, threads=None, library=None, algorithm="blocked"):
+    def forward(self, problem, block_q=None, block_k=None, isa=None, threads=None, library=None, algorithm="blocked",
+                half="auto"):
+        """``half``: for 16-bit inputs, ``"auto"``, ``"convert"`` (float32 products of converted tiles) or ``"dot"``
+        (bfloat16 products, AVX512-BF16)."""
         lib = library or globals()["library"]()
         return lib.attention(problem, *self.resolve_blocks(block_q, block_k), isa=isa, threads=threads,
-                             algorithm=algorithm)
+                             algorithm=algorithm, half=half)
 
     has_decode = True
     decode_options = ("isa", "threads", "library")
@@ -488,7 +509,7 @@ class SimdBackend(Backend):
         return per_thread * n_threads + shape.batch * shape.heads_q * shape.len_q * 4  # + D = rowsum(dO * O)
 
     def backward(self, problem, out, lse, dout, block_q=None, block_k=None, isa=None, threads=None, library=None,
-                 algorithm="blocked"):
+                 algorithm="blocked", half="auto"):
         if algorithm != "blocked":
             raise ValueError("the C backward has one algorithm, 'blocked'")
         lib = library or globals()["library"]()

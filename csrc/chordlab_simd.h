@@ -18,6 +18,11 @@
 #define CL_MASK_BOOL 1     /* uint8: nonzero = attend */
 #define CL_MASK_ADDITIVE 2 /* float32 added to the scores; -inf hides */
 
+/* half_path */
+#define CL_HALF_AUTO 0
+#define CL_HALF_CONVERT 1
+#define CL_HALF_DOT 2
+
 /* algorithm */
 #define CL_ALGO_BLOCKED 0 /* query tiles x key tiles through register-blocked micro-kernels */
 #define CL_ALGO_ROWWISE 1 /* the seed's design: per query row, one dot product per key and an axpy */
@@ -45,6 +50,9 @@ typedef struct {
     int algorithm;    /* CL_ALGO_BLOCKED (the micro-kernels) or CL_ALGO_ROWWISE (the seed's design) */
     int dtype;        /* the element type of q, k and v (forward): CL_KV_F32 (0), CL_KV_F16 or CL_KV_BF16 (chapter 12:
                          converted to float32 as the tiles are loaded; the backward takes float32 only) */
+    int half_path;    /* 16-bit inputs: CL_HALF_AUTO (the fastest this CPU has), CL_HALF_CONVERT (float32 products of
+                         converted tiles, every ISA) or CL_HALF_DOT (bfloat16 products by AVX512-BF16's vdpbf16ps:
+                         bfloat16, even head dim, isa avx512 and a CPU with AVX512_BF16, else CL_ERR_ISA / CL_ERR_ARGS) */
     /* chapter 11's variants (a zeroed struct has none of them) */
     int window;       /* 1: key j visible to query i iff i + off - window_left <= j <= i + off + window_right,
                          off = len_k - len_q; a side < 0 is unbounded (causal still applies: right <= 0) */
@@ -73,6 +81,7 @@ int cl_isa_supported(int isa);  /* compiled in and the CPU has the instructions 
 int cl_isa_best(void);          /* detected once at load */
 int cl_isa_lookup(const char *name); /* -1 if unknown */
 int cl_default_threads(void);
+int cl_bf16_dot_supported(void); /* the AVX512-BF16 dot-product path is compiled in and this CPU runs it */
 
 /* Bytes of scratch one thread uses for these sizes (the backend's memory prediction uses it). */
 int64_t cl_scratch_bytes_per_thread(int isa, int64_t head_dim, int block_q, int block_k);

@@ -60,6 +60,17 @@ static int has_f16c(void) {
 }
 #endif
 
+/* AVX512_BF16: CPUID leaf 7, subleaf 1, EAX bit 5 (with AVX-512F, whose OS support the builtin checks). */
+int cl_bf16_dot_supported(void) {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+    unsigned eax, ebx, ecx, edx;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax >> 5 & 1);
+#else
+    return 0;
+#endif
+}
+
 int cl_isa_supported(int isa) {
     if (!impl_of(isa)) return 0;
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
@@ -180,7 +191,7 @@ static cl_scratch carve(float *base, scratch_layout s) {
 
 /* ------------------------------------------------------------------ threads */
 
-enum { JOB_FORWARD, JOB_BACKWARD_DKV, JOB_BACKWARD_DQ, JOB_DECODE, JOB_READ };
+enum { JOB_FORWARD, JOB_FORWARD_BF16DOT, JOB_BACKWARD_DKV, JOB_BACKWARD_DQ, JOB_DECODE, JOB_READ };
 
 typedef struct {
     const cl_attention_args *args;
@@ -209,7 +220,11 @@ static void *work(void *p) {
     for (;;) {
         const int64_t item = __atomic_fetch_add(&w->job->next, 1, __ATOMIC_RELAXED);
         if (item >= job->n_items) break;
-        if (job->kind == JOB_DECODE)
+        if (job->kind == JOB_FORWARD_BF16DOT) {
+#if defined(__x86_64__) || defined(__i386__)
+            cl_attention_item_bf16dot(job->args, item, &w->scratch);
+#endif
+        } else if (job->kind == JOB_DECODE)
             job->impl->decode_item(job->dargs, item, w->dscratch, job->part);
         else if (job->kind == JOB_READ) {
             const int64_t start = item * job->slice;
@@ -362,7 +377,7 @@ static void scratch_free(float *base, size_t total) {
 
 int cl_attention(int isa, cl_attention_args *a) {
     if (!cl_isa_supported(isa)) return CL_ERR_ISA;
-    if (!problem_ok(a) || !variants_ok(a) || !a->out ||
+    if (!problem_ok(a) || !variants_ok(a) || !a->out || a->half_path < CL_HALF_AUTO || a->half_path > CL_HALF_DOT ||
         (a->algorithm != CL_ALGO_BLOCKED && a->algorithm != CL_ALGO_ROWWISE) ||
         (a->algorithm == CL_ALGO_ROWWISE && (has_variants(a) || a->dtype != CL_KV_F32)) || a->dtype < CL_KV_F32 ||
         a->dtype > CL_KV_BF16)
@@ -371,6 +386,14 @@ int cl_attention(int isa, cl_attention_args *a) {
     const cl_isa_impl *impl = impl_of(isa);
     job_t job = {.args = a, .impl = impl, .n_items = a->batch * a->heads_q * ((a->len_q + a->block_q - 1) / a->block_q),
                  .kind = JOB_FORWARD};
+    /* bfloat16 inputs: the dot-product path where it can run (auto), or where it was asked for */
+    const int dot_ok = a->dtype == CL_KV_BF16 && isa == 0 && cl_bf16_dot_supported();
+    if (a->half_path == CL_HALF_DOT) {
+        if (!dot_ok) return CL_ERR_ISA;
+        if (a->head_dim % 2 || a->algorithm != CL_ALGO_BLOCKED) return CL_ERR_ARGS;
+    }
+    if (dot_ok && a->half_path != CL_HALF_CONVERT && a->head_dim % 2 == 0 && a->algorithm == CL_ALGO_BLOCKED)
+        job.kind = JOB_FORWARD_BF16DOT;
     int64_t threads = a->threads > 0 ? a->threads : cl_default_threads();
     if (threads > job.n_items) threads = job.n_items;
 

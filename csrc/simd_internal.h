@@ -104,6 +104,10 @@ extern const cl_isa_impl cl_impl_avx512;
 #if defined(__aarch64__)
 extern const cl_isa_impl cl_impl_neon;
 #endif
+#if defined(__x86_64__) || defined(__i386__)
+/* isa_avx512bf16.c: the forward for bfloat16 inputs with vdpbf16ps (chapter 12). */
+void cl_attention_item_bf16dot(const cl_attention_args *, int64_t item, cl_scratch *);
+#endif
 
 /* The unbounded side of a visibility bound (vis_lo, vis_hi). */
 #define CL_UNBOUNDED ((int64_t)1 << 62)

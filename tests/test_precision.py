@@ -17,6 +17,7 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
 SIMD_ISAS = [i.name for i in chordlab.step4_simd.library().isas() if i.supported]
 EPS = {F16: 2.0**-10, BF16: 2.0**-7}  # the spacing of the dtype's numbers in [1, 2)
+DOT = chordlab.step4_simd.library().bf16_dot  # this CPU runs the AVX512-BF16 dot-product path
 
 
 def require_torch():
@@ -67,8 +68,12 @@ def test_16_bit_error_within_twice_torchs_in_the_same_dtype(prob, isa):
     mask = (np.arange(Lk)[None] <= np.arange(Lq)[:, None] + Lk - Lq) if causal else None  # bottom-right
     ref_err = np.abs(torch_sdpa(q, k, v, mask, torch) - exact).max()
     atol = EPS[q.dtype] * max(1.0, np.abs(exact).max())
-    for kw in (dict(backend="simd", isa=isa), dict(backend="simd", isa=isa, block_q=16, block_k=24),
-               dict(backend="tiled", block_q=16, block_k=8), dict(backend="reference")):
+    paths = [dict(backend="simd", isa=isa), dict(backend="simd", isa=isa, block_q=16, block_k=24),
+             dict(backend="tiled", block_q=16, block_k=8), dict(backend="reference")]
+    if q.dtype == BF16 and isa == "avx512" and DOT and q.shape[-1] % 2 == 0:
+        paths += [dict(backend="simd", isa=isa, half="dot", block_q=16, block_k=24),
+                  dict(backend="simd", isa=isa, half="convert")]
+    for kw in paths:
         out, lse = chordlab.attention(q, k, v, causal=causal, return_lse=True, **kw)
         assert out.dtype == q.dtype and lse.dtype == np.float32
         err = np.abs(out.astype(np.float64) - exact).max()
@@ -138,3 +143,43 @@ def test_backends_without_16_bit_refuse_it_and_auto_passes_them_over(rng):
                 chordlab.attention(q, q, q, backend=name)
     with pytest.raises(TypeError, match="must be float32, float64, float16 or bfloat16"):
         chordlab.attention(q.astype(np.int8), q, q)
+
+
+def require_dot():
+    if not DOT:
+        msg = "this CPU has no AVX512_BF16: the bfloat16 dot-product path cannot run here"
+        pytest.skip(msg)  # not a missing package: a CPU feature, in CI as well (the convert path is tested)
+
+
+@pytest.mark.parametrize("kw", [dict(causal=True), dict(window=(40, 3), softcap=8.0),
+                                dict(alibi_slopes=[0.1, 0.3, 0.02, 0.5]), dict(mask="bool"), dict(mask="additive")],
+                         ids=str)
+def test_the_bf16_dot_path_with_every_option(kw, rng):
+    require_dot()
+    q, k, v = (rng.standard_normal(s).astype(BF16) for s in ((2, 4, 150, 64), (2, 2, 170, 64), (2, 2, 170, 64)))
+    kw = dict(kw)
+    if kw.get("mask") == "bool":
+        kw["mask"] = rng.random((2, 1, 150, 170)) < 0.8
+    elif kw.get("mask") == "additive":
+        kw["mask"] = np.where(rng.random((150, 170)) < 0.8, rng.standard_normal((150, 170)), -np.inf)
+    exact = chordlab.attention(*(a.astype(np.float64) for a in (q, k, v)), backend="reference", **kw)
+    conv = chordlab.attention(q, k, v, backend="simd", half="convert", **kw).astype(np.float64)
+    one = chordlab.attention(q, k, v, backend="simd", half="dot", threads=1, **kw)
+    two = chordlab.attention(q, k, v, backend="simd", half="dot", threads=2, **kw)
+    assert np.array_equal(one.view(np.uint16), two.view(np.uint16))  # any thread count, the same bits
+    err_conv, err_dot = np.abs(conv - exact).max(), np.abs(one.astype(np.float64) - exact).max()
+    assert err_dot <= 2 * err_conv + EPS[BF16], (err_dot, err_conv)  # P rounded to bfloat16 costs little
+
+
+def test_the_half_option_is_checked(rng):
+    q = rng.standard_normal((1, 2, 8, 16)).astype(np.float32)
+    with pytest.raises(ValueError, match="half='dot' is the bfloat16 dot-product path"):
+        chordlab.attention(q, q, q, backend="simd", half="dot")
+    with pytest.raises(ValueError, match="half must be one of auto, convert, dot"):
+        chordlab.attention(q.astype(BF16), q.astype(BF16), q.astype(BF16), backend="simd", half="fast")
+    if DOT:
+        with pytest.raises(ValueError, match="even head dim"):
+            x = rng.standard_normal((1, 2, 8, 15)).astype(BF16)
+            chordlab.attention(x, x, x, backend="simd", half="dot")
+        with pytest.raises(RuntimeError, match="needs isa 'avx512'"):
+            chordlab.attention(*(q.astype(BF16),) * 3, backend="simd", half="dot", isa="avx2")

@@ -22,7 +22,8 @@ import chordlab
 from chordlab import step4_simd
 
 CSRC = step4_simd.CSRC
-SOURCES = ["test_driver.c", "dispatch.c", "isa_scalar.c", "isa_avx2.c", "isa_avx512.c", "isa_neon.c"]
+SOURCES = ["test_driver.c", "dispatch.c", "isa_scalar.c", "isa_avx2.c", "isa_avx512.c", "isa_avx512bf16.c",
+           "isa_neon.c"]
 F32 = TOL[np.dtype(np.float32)]
 
 # (B, Hq, Hkv, Lq, Lk, D, causal, mask layout, block_q, block_k)

@@ -1,0 +1,38 @@
+/* isa_avx512bf16.c: chapter 12's bfloat16 forward with AVX512-BF16 dot products (Zen 4, Zen 5, Intel Cooper Lake and
+ * Sapphire Rapids and newer). Compiled with target avx512f + avx512bf16; dispatch.c calls it only for bfloat16
+ * inputs on a CPU that reports AVX512_BF16 (CPUID 7.1 EAX bit 5), with the avx512 path chosen.
+ *
+ * What it adds over the float32 kernel (the same tiles, hook, masks and online softmax, from flash_kernel.inc):
+ *   - vdpbf16ps does two bfloat16 products per float32 lane and adds them to a float32 accumulator: twice the
+ *     products of an FMA per instruction. Both products of the tile use it:
+ *       Sᵀ[key][query] = Σ_p K[key][2p, 2p+1] · QP[p][query]        (QP: Q transposed, pairs of dims interleaved)
+ *       O[query][dim] += Σ_p PP[p][query] · VP[p][dim]              (PP, VP: pairs of keys interleaved)
+ *     with the pair of K (or P) broadcast as one 32-bit value, as the float32 kernel broadcasts one float;
+ *   - P is rounded to bfloat16 (round to nearest even) for the second product, as FlashAttention does on GPUs; the
+ *     running max, the sums and lse stay float32, and l sums the float32 P;
+ *   - the scale multiplies the float32 scores (Q is not pre-scaled: bfloat16 would round q · scale).
+ * vdpbf16ps treats bfloat16 subnormals as zero (its DAZ behaviour): a subnormal input contributes 0, not 1e-39.
+ */
+#if defined(__x86_64__) || defined(__i386__)
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bf16"))), apply_to = function)
+#else
+#pragma GCC target("avx512f,avx512bf16")
+#endif
+
+#include <immintrin.h>
+
+#include "simd_internal.h"
+
+#define CL_ISA avx512bf16
+#define CL_ISA_NAME "avx512bf16"
+#include "vocab_avx512.h"
+
+#include "flash_kernel.inc"
+
+#include "bf16_kernel.inc"
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
+#endif
