@@ -318,6 +318,24 @@ def _cases_block_table_lookup():
     return cases
 
 
+def _cases_to_bfloat16():
+    """Chapter 12: float32 -> bfloat16 bits with round-to-nearest-even, in NumPy."""
+    from ml_dtypes import bfloat16
+
+    ties = np.array([1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, -(1.0 + 2.0**-8), 1.0 + 2.0**-8 + 2.0**-20], np.float32)
+    spread = _rng(12).standard_normal(50).astype(np.float32) * np.float32(1e3)
+    cases = []
+    for name, x in [("exact halves: ties go to the even neighbour", ties),
+                    ("50 numbers, with 0, inf and the largest float32",
+                     np.concatenate([spread, np.array([0.0, -0.0, np.inf, -np.inf, 3.4028235e38], np.float32)]))]:
+        cases.append(_Case(name, (x,), x.astype(bfloat16).view(np.uint16),
+                           "bits = x.view(np.uint32); bits + 0x7FFF + ((bits >> 16) & 1), then >> 16, as uint16",
+                           rtol=0, atol=0,
+                           nudge="keep the top 16 bits of x.view(np.uint32), but round: add half of the dropped "
+                                 "part first, and on an exact half round to the neighbour whose last kept bit is 0"))
+    return cases
+
+
 def _cases_sink_window_mask():
     """Chapter 11: a mask_fn for attention sinks (StreamingLLM): causal, the last 4 keys, and always the first 2."""
     def expected(q, kv):
@@ -350,6 +368,7 @@ _EXERCISES = {
     "tile_ds": _cases_tile_ds,
     "sink_window_mask": _cases_sink_window_mask,
     "block_table_lookup": _cases_block_table_lookup,
+    "to_bfloat16": _cases_to_bfloat16,
 }
 
 _misses: dict[str, int] = {}

@@ -34,14 +34,15 @@ class Peer:
     check: Callable[[], np.ndarray]
 
 
-def openvino_sdpa(q, k, v, causal: bool, threads: int) -> Peer:
+def openvino_sdpa(q, k, v, causal: bool, threads: int, precision: str = "f32") -> Peer:
+    """``precision``: OpenVINO's INFERENCE_PRECISION_HINT ("f32"; "bf16" computes in bfloat16 inside)."""
     import openvino as ov
     import openvino.opset13 as ops
 
     params = [ops.parameter(list(a.shape), np.float32, name=n) for a, n in zip((q, k, v), "qkv", strict=True)]
     sdpa = ops.scaled_dot_product_attention(*params, causal=causal)
     model = ov.Model([sdpa], params, "sdpa")
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
                                                       "INFERENCE_NUM_THREADS": threads,
                                                       "PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()
@@ -51,7 +52,7 @@ def openvino_sdpa(q, k, v, causal: bool, threads: int) -> Peer:
         request.infer(inputs, share_inputs=True)
         return request.get_output_tensor(0).data
 
-    return Peer("openvino-sdpa", run, lambda: np.array(run()))
+    return Peer("openvino-sdpa" + ("" if precision == "f32" else f"-{precision}"), run, lambda: np.array(run()))
 
 
 def onnxruntime_mha(q, k, v, causal: bool, threads: int) -> Peer:
@@ -85,17 +86,22 @@ def onnxruntime_mha(q, k, v, causal: bool, threads: int) -> Peer:
 
 
 def torch_sdpa(q, k, v, causal: bool, threads: int) -> Peer:
+    """float32 inputs, or bfloat16 ones (``ml_dtypes.bfloat16``: handed to torch as its bfloat16, bit for bit)."""
     import torch
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
-    tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+    half = q.dtype != np.float32
+    if half:
+        tq, tk, tv = (torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16) for a in (q, k, v))
+    else:
+        tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
 
     def run():
         with torch.inference_mode():
             return F.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
 
-    return Peer("torch-sdpa", run, lambda: run().numpy())
+    return Peer("torch-sdpa" + ("-bf16" if half else ""), run, lambda: run().float().numpy())
 
 
 PEERS = {"openvino-sdpa": openvino_sdpa, "ort-mha": onnxruntime_mha, "torch-sdpa": torch_sdpa}

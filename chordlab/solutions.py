@@ -148,9 +148,15 @@ def block_table_lookup(block_table, page_size, j):
     return block_table[j // page_size], j % page_size
 
 
+def to_bfloat16(x):
+    bits = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
 SOLUTIONS = {f.__name__: f for f in (score_matrix_bytes, attention_2d, merge_states, tile_update, tiled_forward,
                                      c_dot, simd_scores_block, v2_shared_bytes, cuda_v1_update, working_set,
-                                     mha_params, w2_workgroup_bytes, tile_ds, sink_window_mask, block_table_lookup)}
+                                     mha_params, w2_workgroup_bytes, tile_ds, sink_window_mask, block_table_lookup,
+                                     to_bfloat16)}
 EDITS = {"simd_scores_block": SCORES_BLOCK, "cuda_v1_update": V1_UPDATE}
 
 
