@@ -5,6 +5,8 @@
  * the NumPy reference (tests/test_simd_native.py).
  *
  *   test_driver --isas                 print "name compiled supported" per ISA, then the detected best
+ *   test_driver CASE OUT half-f16|half-bf16|half-bf16dot   the forward on q, k, v rounded to float16 or
+ *                                      bfloat16 (converted tiles, or AVX512-BF16 dot products), out and lse as below
  *   test_driver CASE OUT [rowwise]     compute CASE (blocked, or the seed's rowwise algorithm), write out
  *                                      [B,Hq,Lq,D] then lse [B,Hq,Lq] (float32) to OUT
  *   test_driver CASE OUT backward      the forward, then the backward for the dO that follows the case's mask:
@@ -27,6 +29,40 @@
 #include "chordlab_simd.h"
 
 static int read_all(FILE *f, void *dst, size_t bytes) { return fread(dst, 1, bytes, f) == bytes; }
+
+/* float32 to float16 or bfloat16 bits, round to nearest even (finite inputs) */
+static uint16_t to_bf16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+static uint16_t to_f16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    const uint32_t sign = (u >> 16) & 0x8000;
+    const int exp = (int)((u >> 23) & 0xff) - 127 + 15;
+    uint32_t man = u & 0x7fffff;
+    if (exp >= 31) return (uint16_t)(sign | 0x7c00);
+    if (exp <= 0) { /* subnormal half */
+        if (exp < -10) return (uint16_t)sign;
+        man |= 0x800000;
+        const int shift = 14 - exp;
+        uint32_t h = man >> shift;
+        const uint32_t rest = man & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rest > half || (rest == half && (h & 1))) h++;
+        return (uint16_t)(sign | h);
+    }
+    uint32_t h = ((uint32_t)exp << 10) | (man >> 13);
+    const uint32_t rest = man & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;
+    return (uint16_t)(sign | h);
+}
+
+static uint16_t *to_half(const float *x, size_t n, int bf16) {
+    uint16_t *h = malloc(n * 2);
+    if (h) for (size_t i = 0; i < n; i++) h[i] = bf16 ? to_bf16(x[i]) : to_f16(x[i]);
+    return h;
+}
 
 static int primitives(const char *isa_name) {
     const int isa = cl_isa_lookup(isa_name);
@@ -115,7 +151,8 @@ int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "--primitives") == 0) return primitives(argv[2]);
     if (argc == 4 && strcmp(argv[1], "--decode") == 0) return decode_case(argv[2], argv[3]);
     const int backward = argc == 4 && strcmp(argv[3], "backward") == 0;
-    if (argc != 3 && !(argc == 4 && (strcmp(argv[3], "rowwise") == 0 || backward))) {
+    const int half = argc == 4 && strncmp(argv[3], "half-", 5) == 0;
+    if (argc != 3 && !(argc == 4 && (strcmp(argv[3], "rowwise") == 0 || backward || half))) {
         fprintf(stderr, "usage: %s CASE OUT [rowwise|backward] | --isas | --primitives ISA\n", argv[0]);
         return 2;
     }
@@ -171,7 +208,18 @@ int main(int argc, char **argv) {
     a.mask_si = mq > 1 ? mk : 0;
     a.mask_sj = mk > 1 ? 1 : 0;
     a.block_q = bq; a.block_k = bk; a.threads = threads;
-    a.algorithm = argc == 4 && !backward ? CL_ALGO_ROWWISE : CL_ALGO_BLOCKED;
+    a.algorithm = argc == 4 && !backward && !half ? CL_ALGO_ROWWISE : CL_ALGO_BLOCKED;
+    uint16_t *hq = NULL, *hk = NULL, *hv = NULL;
+    if (half) { /* the inputs rounded to 16 bits, the kernel given them as they are */
+        const int bf16 = strncmp(argv[3], "half-bf16", 9) == 0;
+        hq = to_half(q, nq, bf16);
+        hk = to_half(k, nk, bf16);
+        hv = to_half(v, nk, bf16);
+        if (!hq || !hk || !hv) return 3;
+        a.q = (const float *)hq; a.k = (const float *)hk; a.v = (const float *)hv;
+        a.dtype = bf16 ? CL_KV_BF16 : CL_KV_F16;
+        a.half_path = strcmp(argv[3], "half-bf16dot") == 0 ? CL_HALF_DOT : CL_HALF_CONVERT;
+    }
     a.window = window; a.window_left = left; a.window_right = right; a.softcap = softcap;
     float *slopes = malloc((size_t)(B * Hq) * 4);
     if (!slopes) return 3;
@@ -228,5 +276,6 @@ int main(int argc, char **argv) {
     if (!o || fwrite(out, 4, nq, o) != nq || fwrite(lse, 4, (size_t)(B * Hq * Lq), o) != (size_t)(B * Hq * Lq)) return 5;
     fclose(o);
     free(q); free(k); free(v); free(mask); free(out); free(lse); free(slopes); free(kinds); free(tiles); free(index);
+    free(hq); free(hk); free(hv);
     return 0;
 }
