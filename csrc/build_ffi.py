@@ -15,7 +15,8 @@ from pathlib import Path
 from cffi import FFI
 
 CSRC = Path(__file__).resolve().parent
-SOURCES = ["dispatch.c", "isa_scalar.c", "isa_avx2.c", "isa_avx512.c", "isa_avx512bf16.c", "isa_neon.c"]
+SOURCES = ["dispatch.c", "isa_scalar.c", "isa_avx2.c", "isa_avx512.c", "isa_avx512bf16.c", "isa_neon.c",
+           "isa_neonbf16.c"]
 COMPILE_ARGS = ["-O3", "-std=gnu11", "-pthread", "-Wall", "-Wno-unknown-pragmas"]
 
 # Python-side helpers compiled into the module: report scratch allocations to tracemalloc.

@@ -24,6 +24,13 @@
 
 #include "simd_internal.h"
 
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
+#if defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
+
 static const char *const ISA_NAMES[] = {"avx512", "avx2", "neon", "scalar"};
 #define N_ISA 4
 
@@ -60,12 +67,19 @@ static int has_f16c(void) {
 }
 #endif
 
-/* AVX512_BF16: CPUID leaf 7, subleaf 1, EAX bit 5 (with AVX-512F, whose OS support the builtin checks). */
+/* x86: AVX512_BF16, CPUID leaf 7, subleaf 1, EAX bit 5 (with AVX-512F, whose OS support the builtin checks).
+ * aarch64: the BF16 extension (Linux: HWCAP2_BF16; macOS: hw.optional.arm.FEAT_BF16), and a BFDOT kernel built. */
 int cl_bf16_dot_supported(void) {
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
     unsigned eax, ebx, ecx, edx;
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax >> 5 & 1);
+#elif defined(__aarch64__) && defined(__linux__)
+    return cl_neon_bf16_compiled() && (getauxval(AT_HWCAP2) & (1UL << 14)) != 0; /* HWCAP2_BF16 */
+#elif defined(__aarch64__) && defined(__APPLE__)
+    int has = 0;
+    size_t size = sizeof has;
+    return cl_neon_bf16_compiled() && sysctlbyname("hw.optional.arm.FEAT_BF16", &has, &size, NULL, 0) == 0 && has;
 #else
     return 0;
 #endif
@@ -220,11 +234,9 @@ static void *work(void *p) {
     for (;;) {
         const int64_t item = __atomic_fetch_add(&w->job->next, 1, __ATOMIC_RELAXED);
         if (item >= job->n_items) break;
-        if (job->kind == JOB_FORWARD_BF16DOT) {
-#if defined(__x86_64__) || defined(__i386__)
+        if (job->kind == JOB_FORWARD_BF16DOT)
             cl_attention_item_bf16dot(job->args, item, &w->scratch);
-#endif
-        } else if (job->kind == JOB_DECODE)
+        else if (job->kind == JOB_DECODE)
             job->impl->decode_item(job->dargs, item, w->dscratch, job->part);
         else if (job->kind == JOB_READ) {
             const int64_t start = item * job->slice;
@@ -387,7 +399,12 @@ int cl_attention(int isa, cl_attention_args *a) {
     job_t job = {.args = a, .impl = impl, .n_items = a->batch * a->heads_q * ((a->len_q + a->block_q - 1) / a->block_q),
                  .kind = JOB_FORWARD};
     /* bfloat16 inputs: the dot-product path where it can run (auto), or where it was asked for */
-    const int dot_ok = a->dtype == CL_KV_BF16 && isa == 0 && cl_bf16_dot_supported();
+#if defined(__aarch64__)
+    const int dot_isa = 2; /* neon */
+#else
+    const int dot_isa = 0; /* avx512 */
+#endif
+    const int dot_ok = a->dtype == CL_KV_BF16 && isa == dot_isa && cl_bf16_dot_supported();
     if (a->half_path == CL_HALF_DOT) {
         if (!dot_ok) return CL_ERR_ISA;
         if (a->head_dim % 2 || a->algorithm != CL_ALGO_BLOCKED) return CL_ERR_ARGS;

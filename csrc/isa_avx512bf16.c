@@ -44,6 +44,22 @@ static inline vec vexp_bf16path(vec x) {
 }
 #define CL_SOFTMAX_EXP vexp_bf16path
 
+/* bf16_kernel.inc's pair vocabulary */
+typedef __m512i pvec;
+#define pload(p) _mm512_loadu_si512(p)
+#define pset1(x) _mm512_set1_epi32((int)(x))
+#define vdot2(acc, a, b) _mm512_dpbf16_ps((acc), (__m512bh)(a), (__m512bh)(b))
+static inline void pstore_p(uint32_t *d, vec r0, vec r1) {
+    const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(r0));
+    const __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(r1));
+    _mm512_storeu_si512(d, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+}
+static inline void pstore_v(uint32_t *d, const uint16_t *v0, const uint16_t *v1) {
+    const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)v0));
+    const __m512i hi = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)v1));
+    _mm512_storeu_si512(d, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+}
+
 #include "flash_kernel.inc"
 
 #include "bf16_kernel.inc"

@@ -104,9 +104,11 @@ extern const cl_isa_impl cl_impl_avx512;
 #if defined(__aarch64__)
 extern const cl_isa_impl cl_impl_neon;
 #endif
-#if defined(__x86_64__) || defined(__i386__)
-/* isa_avx512bf16.c: the forward for bfloat16 inputs with vdpbf16ps (chapter 12). */
+/* The forward for bfloat16 inputs with bfloat16 dot products (chapter 12): isa_avx512bf16.c (vdpbf16ps) on x86,
+ * isa_neonbf16.c (BFDOT) on aarch64, where cl_neon_bf16_compiled() says whether the compiler could build it. */
 void cl_attention_item_bf16dot(const cl_attention_args *, int64_t item, cl_scratch *);
+#if defined(__aarch64__)
+int cl_neon_bf16_compiled(void);
 #endif
 
 /* The unbounded side of a visibility bound (vis_lo, vis_hi). */

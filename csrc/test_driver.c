@@ -146,6 +146,7 @@ int main(int argc, char **argv) {
         for (int i = 0; i < cl_isa_count(); i++)
             printf("%s %d %d\n", cl_isa_name(i), cl_isa_compiled(i), cl_isa_supported(i));
         printf("best %s\n", cl_isa_name(cl_isa_best()));
+        printf("bf16dot %d\n", cl_bf16_dot_supported());
         return 0;
     }
     if (argc == 3 && strcmp(argv[1], "--primitives") == 0) return primitives(argv[2]);

@@ -273,7 +273,7 @@ def check_decode_driver(run, tmp_path, isa):
 def drivers(tmp_path_factory):
     src = step4_simd.CSRC
     sources = [str(src / s) for s in ("test_driver.c", "dispatch.c", "isa_scalar.c", "isa_avx2.c", "isa_avx512.c",
-                                      "isa_avx512bf16.c", "isa_neon.c")]
+                                      "isa_avx512bf16.c", "isa_neon.c", "isa_neonbf16.c")]
     flags = ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-pthread", f"-I{src}"]
     out = tmp_path_factory.mktemp("decode-drivers")
     built = {}

@@ -23,7 +23,7 @@ from chordlab import step4_simd
 
 CSRC = step4_simd.CSRC
 SOURCES = ["test_driver.c", "dispatch.c", "isa_scalar.c", "isa_avx2.c", "isa_avx512.c", "isa_avx512bf16.c",
-           "isa_neon.c"]
+           "isa_neon.c", "isa_neonbf16.c"]
 F32 = TOL[np.dtype(np.float32)]
 
 # (B, Hq, Hkv, Lq, Lk, D, causal, mask layout, block_q, block_k)
@@ -225,7 +225,10 @@ def test_neon_under_qemu(neon_driver, tmp_path):
     check_driver(run, tmp_path, "neon")
     check_driver(run, tmp_path, "scalar")
     check_driver_variants(run, tmp_path, "neon")
-    check_driver_half(run, tmp_path, "neon", ["half-f16", "half-bf16"])
+    bfdot = "bf16dot 1" in r.stdout  # qemu's default CPU has Arm's BF16 extension (BFDOT)
+    if os.environ.get("CI"):
+        assert bfdot, f"qemu-aarch64's CPU should report BF16: {r.stdout}"
+    check_driver_half(run, tmp_path, "neon", ["half-f16", "half-bf16"] + (["half-bf16dot"] if bfdot else []))
     r = run(["--primitives", "neon"])
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
