@@ -176,7 +176,7 @@ def _chunks(p: DecodeProblem, b: int, hk: int, k0: int, k1: int):
     while j < k1:
         page, slot = int(p.block_table[b, j // size]), j % size
         n = min(k1 - j, size - slot)
-        yield j, p.cache.k[page, hk, slot:slot + n], p.cache.v[page, hk, slot:slot + n]
+        yield j, p.cache.k[hk, page, slot:slot + n], p.cache.v[hk, page, slot:slot + n]
         j += n
 
 

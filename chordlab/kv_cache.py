@@ -4,8 +4,10 @@ Generation runs attention once per new token. The keys and values of every earli
 are kept in a cache and only the new token's are appended. Shapes::
 
     KVCache       k, v [B, Hkv, capacity, D]          row b holds its sequence's keys 0 .. lengths[b]
-    PagedKVCache  k, v [num_pages, Hkv, page_size, D]  a sequence's key j sits in page block_table[j // page_size],
-                                                      slot j % page_size; pages come from a free list
+    PagedKVCache  k, v [Hkv, num_pages, page_size, D]  a sequence's key j sits in page block_table[j // page_size],
+                                                      slot j % page_size; pages come from a free list. Head-major:
+                                                      one head's pages are one region, so a sequence whose pages
+                                                      were handed out in order is read as one stream per head
 
 The dtype is float32, float16 or bfloat16 (``ml_dtypes.bfloat16``, the type JAX uses; float64 too, for exact
 checks). A decode kernel converts K and V to float32 as it loads them; memory and bandwidth halve in 16 bits.
@@ -132,7 +134,7 @@ class KVCache:
 
 
 class PagedKVCache:
-    """A paged KV cache (vLLM's PagedAttention): a pool ``k, v [num_pages, kv_heads, page_size, head_dim]``, a
+    """A paged KV cache (vLLM's PagedAttention): a pool ``k, v [kv_heads, num_pages, page_size, head_dim]``, a
     free list, and per sequence a block table of the pages it holds, in order.
 
     ``add_sequence()`` returns a new sequence id; ``append(seq, k, v)`` with ``k, v [Hkv, L, D]`` takes pages from
@@ -144,7 +146,7 @@ class PagedKVCache:
         self.num_pages, self.page_size = _positive("num_pages", num_pages), _positive("page_size", page_size)
         self.kv_heads, self.head_dim = _positive("kv_heads", kv_heads), _positive("head_dim", head_dim)
         self.dtype = cache_dtype(dtype)
-        shape = (self.num_pages, self.kv_heads, self.page_size, self.head_dim)
+        shape = (self.kv_heads, self.num_pages, self.page_size, self.head_dim)
         self.k = np.zeros(shape, self.dtype)
         self.v = np.zeros(shape, self.dtype)
         self._free = list(range(self.num_pages - 1, -1, -1))  # pop() hands out page 0 first
@@ -178,8 +180,8 @@ class PagedKVCache:
         for t in range(L):
             j = start + t
             page, slot = table[j // self.page_size], j % self.page_size
-            self.k[page, :, slot] = k[:, t]
-            self.v[page, :, slot] = v[:, t]
+            self.k[:, page, slot] = k[:, t]
+            self.v[:, page, slot] = v[:, t]
         self._lengths[seq] = start + L
 
     def free(self, seq: int) -> None:
@@ -232,8 +234,8 @@ class PagedKVCache:
         if not table:
             empty = np.zeros((self.kv_heads, 0, self.head_dim), self.dtype)
             return empty, empty.copy()
-        k = self.k[table].transpose(1, 0, 2, 3).reshape(self.kv_heads, -1, self.head_dim)[:, :n]
-        v = self.v[table].transpose(1, 0, 2, 3).reshape(self.kv_heads, -1, self.head_dim)[:, :n]
+        k = self.k[:, table].reshape(self.kv_heads, -1, self.head_dim)[:, :n]
+        v = self.v[:, table].reshape(self.kv_heads, -1, self.head_dim)[:, :n]
         return k, v
 
     def __repr__(self) -> str:

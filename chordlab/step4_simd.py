@@ -236,6 +236,7 @@ class SimdLibrary:
             table = np.ascontiguousarray(p.block_table, np.int32)
             keep += [table, ffi.from_buffer("int32_t[]", table)]
             a.block_table, a.pages_per_seq, a.page_size = keep[-1], table.shape[1], p.cache.page_size
+            a.num_pages = p.cache.num_pages
         else:
             a.capacity = p.cache.capacity
         a.batch, a.heads_q, a.heads_kv, a.len_q, a.head_dim = p.batch, p.heads_q, p.heads_kv, p.len_q, p.head_dim

@@ -112,11 +112,11 @@ int cl_attention_backward(int isa, cl_attention_args *args, const cl_backward_ar
 typedef struct {
     const float *q;          /* [B, Hq, Lq, D] */
     float *out, *lse;        /* [B, Hq, Lq, D], [B, Hq, Lq] written */
-    const void *k, *v;       /* contiguous: [B, Hkv, capacity, D]; paged: pages [num_pages, Hkv, page_size, D] */
+    const void *k, *v;       /* contiguous: [B, Hkv, capacity, D]; paged: pages [Hkv, num_pages, page_size, D] */
     int kv_dtype;
     const int64_t *lengths;  /* [B] cached keys per sequence (>= Lq) */
     const int32_t *block_table; /* paged: [B, pages_per_seq] page ids; NULL: contiguous */
-    int64_t pages_per_seq, page_size, capacity;
+    int64_t pages_per_seq, page_size, num_pages, capacity;
     int64_t batch, heads_q, heads_kv, len_q, head_dim;
     float scale;
     int window;              /* as in cl_attention_args, relative to each sequence's own length */

@@ -527,7 +527,14 @@ int cl_decode(int isa, cl_decode_args *a) {
         const int64_t room = a->block_table ? a->pages_per_seq * a->page_size : a->capacity;
         if (len < a->len_q || len > room) return CL_ERR_ARGS;
     }
-    if (a->block_table && a->page_size < 1) return CL_ERR_ARGS;
+    if (a->block_table) { /* every page a sequence's keys use must be a page of the pool */
+        if (a->page_size < 1 || a->num_pages < 1) return CL_ERR_ARGS;
+        for (int64_t b = 0; b < a->batch; b++)
+            for (int64_t p = 0; p < (a->lengths[b] + a->page_size - 1) / a->page_size; p++) {
+                const int32_t page = a->block_table[b * a->pages_per_seq + p];
+                if (page < 0 || page >= a->num_pages) return CL_ERR_ARGS;
+            }
+    }
     const cl_isa_impl *impl = impl_of(isa);
     const int64_t D = a->head_dim, rows = a->batch * a->heads_q * a->len_q;
     const int64_t R = a->heads_q / a->heads_kv * a->len_q;

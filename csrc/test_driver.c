@@ -126,7 +126,7 @@ static int decode_case(const char *path, const char *out_path) {
     cl_decode_args a;
     memset(&a, 0, sizeof a);
     a.q = q; a.out = out; a.lse = lse; a.k = k; a.v = v; a.kv_dtype = dtype; a.lengths = lengths;
-    a.block_table = table; a.pages_per_seq = pps; a.page_size = page_size; a.capacity = capacity;
+    a.block_table = table; a.pages_per_seq = pps; a.page_size = page_size; a.num_pages = pages; a.capacity = capacity;
     a.batch = B; a.heads_q = Hq; a.heads_kv = Hkv; a.len_q = Lq; a.head_dim = D;
     a.scale = 1.0f / sqrtf((float)D); a.splits = splits; a.threads = threads;
     a.window = window; a.window_left = left; a.window_right = right; a.softcap = softcap;
