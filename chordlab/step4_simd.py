@@ -367,7 +367,11 @@ def report() -> list[str]:
             using = f"${ISA_ENV}={forced} cannot be used: {exc}"
     else:
         using = f"using {lib.detected}"
+    dot = "vdpbf16ps (AVX512-BF16)" if lib.detected == "avx512" else "BFDOT (Arm BF16)"
+    half = (f"bfloat16 by {dot} dot products, float16 by converted tiles" if lib.bf16_dot else
+            "float16 and bfloat16 by converted tiles (no bfloat16 dot-product instructions here)")
     return [f"  paths     {paths}", f"  detected  {lib.detected}; {using}",
+            f"  16-bit    {half}",
             f"  threads   {resolve_threads(None)} by default (${THREADS_ENV} or every usable core)",
             f"  library   {lib.origin}"]
 

@@ -37,6 +37,11 @@ print(info_report())
 # | 3 | `chordlab/step3_tiled.py` | FlashAttention in NumPy: tiles + online softmax, O(N) memory |
 # | 4 | `chordlab/step4_simd.py`, `csrc/` | the same in C: SIMD micro-kernels per instruction set |
 # | 5 | `chordlab/step5_cuda.py`, `cuda/` | CUDA kernels v1-v4 (on a GPU; v1-v3 also on the CPU) |
+# | 8 | `chordlab/step8_webgpu.py`, `webgpu/` | WGSL kernels w1-w3 on any GPU (or lavapipe on the CPU) |
+#
+# Chapters 9-12 add to the same backends rather than new ones: the backward pass (`attention_backward`), decode
+# over a KV cache (`decode`, `kv_cache.py`), variants (`variants.py`: window, ALiBi, softcap, block masks) and
+# 16-bit inputs (bfloat16, float16).
 #
 # Which of them can run depends on the machine (a C compiler, an NVIDIA GPU, ...); each says why not:
 
