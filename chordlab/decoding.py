@@ -139,7 +139,7 @@ def auto_splits(batch: int, kv_heads: int, max_keys: int, threads: int) -> int:
 
 def check_splits(splits, p: DecodeProblem, threads: int) -> int:
     if isinstance(splits, str) and splits == "auto":
-        longest = max(p.bounds(b)[3] - p.bounds(b)[2] for b in range(p.batch))
+        longest = max(last - first for _, _, first, last in map(p.bounds, range(p.batch)))
         return auto_splits(p.batch, p.heads_kv, longest, threads)
     if isinstance(splits, bool) or not isinstance(splits, numbers.Integral) or splits < 1:
         raise ValueError(f"splits must be a positive int or 'auto', got {splits!r}")
@@ -239,24 +239,29 @@ def split_kv_decode(p: DecodeProblem, splits: int) -> tuple[np.ndarray, np.ndarr
 
 # ------------------------------------------------------------------------------------------------ the function
 
+def _why_not(b, p: DecodeProblem, options: dict) -> tuple[type, str] | None:
+    """Why backend ``b`` cannot decode ``p`` with these options, as (the exception to raise, the reason), or None."""
+    if not b.has_decode:
+        return NotImplementedError, "has no decode kernel"
+    a = b.available()
+    if not a:
+        return RuntimeError, f"unavailable: {a.reason}"
+    s = b.supports_decode(p)
+    if not s:
+        return TypeError, s.reason
+    unknown = sorted(set(options) - set(b.decode_options))
+    if unknown:
+        takes = ", ".join(b.decode_options) or "none"
+        return TypeError, f"takes no decode option {unknown[0]!r} (its options: {takes})"
+    return None
+
+
 def decode_backends(p: DecodeProblem, **options) -> list[tuple[str, str | None]]:
     """``[(name, why it is passed over or None), ...]`` in the order ``backend="auto"`` tries them."""
     rows = []
     for name in backend_names():
-        b = _REGISTRY[name]
-        why = None
-        a = b.available()
-        if not b.has_decode:
-            why = "has no decode kernel"
-        elif not a:
-            why = f"unavailable: {a.reason}"
-        else:
-            s = b.supports_decode(p)
-            why = None if s else s.reason
-            unknown = sorted(set(options) - set(b.decode_options))
-            if why is None and unknown:
-                why = f"takes no decode option {unknown[0]!r}"
-        rows.append((name, why))
+        why = _why_not(_REGISTRY[name], p, options)
+        rows.append((name, None if why is None else why[1]))
     return rows
 
 
@@ -295,19 +300,12 @@ def decode(q, cache, *, scale=None, backend="auto", splits="auto", return_lse=Fa
         b = _REGISTRY[name]
     else:
         b = get_backend(backend)
-        if not b.has_decode:
-            with_one = ", ".join(n for n in backend_names() if _REGISTRY[n].has_decode)
-            raise NotImplementedError(f"backend {b.name!r} has no decode kernel; backends with one: {with_one}")
-        a = b.available()
-        if not a:
-            raise RuntimeError(f"backend {b.name!r} is unavailable: {a.reason}")
-        s = b.supports_decode(p)
-        if not s:
-            raise TypeError(s.reason)
-        unknown = sorted(set(options) - set(b.decode_options))
-        if unknown:
-            raise TypeError(f"backend {b.name!r} takes no decode option {unknown[0]!r} (its options: "
-                            f"{', '.join(b.decode_options) or 'none'})")
+        why = _why_not(b, p, options)
+        if why is not None:
+            kind, reason = why
+            if kind is NotImplementedError:
+                reason += "; backends with one: " + ", ".join(n for n in backend_names() if _REGISTRY[n].has_decode)
+            raise kind(f"backend {b.name!r} {reason}")
     n_splits = check_splits(splits, p, b.decode_threads(**options))
     from .api import run_backend
 

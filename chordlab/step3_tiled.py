@@ -66,10 +66,6 @@ def _visit(p: AttentionProblem, S: np.ndarray, mask5, qs: int, qe: int, ks: int,
     return t
 
 
-def _tile_is_empty(p: AttentionProblem, qs: int, qe: int, ks: int, ke: int) -> bool:
-    return p.block_mask is not None and variants.block_keep(p, qs, qe, ks, ke)[0] == "empty"
-
-
 def tiled_forward(p: AttentionProblem, block_q: int, block_k: int) -> tuple[np.ndarray, np.ndarray]:
     """FlashAttention forward over ``block_q x block_k`` tiles. Returns ``(out, lse)`` like step 1."""
     B, Hkv, G = p.batch, p.heads_kv, p.group
@@ -92,7 +88,7 @@ def tiled_forward(p: AttentionProblem, block_q: int, block_k: int) -> tuple[np.n
         k_start, k_stop = variants.key_range(p, qs, qe)
         for ks in range(k_start // block_k * block_k, k_stop, block_k):
             ke = min(ks + block_k, Lk)
-            if _tile_is_empty(p, qs, qe, ks, ke):
+            if variants.block_empty(p, qs, ks):
                 continue
             S = np.matmul(q_blk, k[..., ks:ke, :].swapaxes(-1, -2))
             S *= p.scale
@@ -137,7 +133,7 @@ def tiled_backward(p: AttentionProblem, out: np.ndarray, lse: np.ndarray, dout: 
         q_start, q_stop = variants.query_range(p, ks, ke)
         for qs in range(q_start // block_q * block_q, q_stop, block_q):
             qe = min(qs + block_q, Lq)
-            if _tile_is_empty(p, qs, qe, ks, ke):
+            if variants.block_empty(p, qs, ks):
                 continue
             S = np.matmul(q[..., qs:qe, :], k_blk.swapaxes(-1, -2))
             S *= p.scale

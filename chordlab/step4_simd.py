@@ -481,10 +481,10 @@ class SimdBackend(Backend):
 
     def supports_decode(self, p):
         if p.dtype != np.float32:
-            return Availability(False, f"backend 'simd' decodes float32 queries (16-bit q is cast by chordlab.decode), "
-                                       f"not {p.dtype}; cast q with .astype(np.float32) or use backend='tiled'")
+            return Availability(False, f"decodes float32 queries (16-bit q is cast by chordlab.decode), not {p.dtype}; "
+                                       "cast q with .astype(np.float32) or use backend='tiled'")
         if p.kv_dtype not in (np.dtype(np.float32), np.dtype(np.float16), DTYPE_BF16):
-            return Availability(False, f"backend 'simd' reads float32, float16 or bfloat16 caches, not {p.kv_dtype}")
+            return Availability(False, f"reads float32, float16 or bfloat16 caches, not {p.kv_dtype}")
         return Availability(True)
 
     def decode_threads(self, threads=None, **options) -> int:

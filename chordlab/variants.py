@@ -313,6 +313,12 @@ def score_hook(problem, S: np.ndarray, qs: int, ks: int, keep_tanh: bool = False
     return t
 
 
+def block_empty(problem, qs: int, ks: int) -> bool:
+    """Whether the block mask's tile holding query qs and key ks is empty for every (batch, head): never visited."""
+    bm = problem.block_mask
+    return bm is not None and bool((bm.kinds[:, :, qs // bm.block_q, ks // bm.block_k] == EMPTY).all())
+
+
 def block_keep(problem, qs: int, qe: int, ks: int, ke: int) -> tuple[str, np.ndarray | None]:
     """The block mask on tile ``(qs // block_q, ks // block_k)``: ``("empty" | "full" | "partial", keep)`` where keep is
     a bool ``[Bm, Hm, qe-qs, ke-ks]`` for a tile whose kind differs by (batch, head) or that is partial."""

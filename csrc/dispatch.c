@@ -226,6 +226,7 @@ typedef struct {
     cl_scratch scratch;
     cl_bscratch bscratch;
     float *dscratch;
+    pthread_t tid; /* when the pool is busy: the thread of its own that runs this worker */
 } worker_t;
 
 static void *work(void *p) {
@@ -332,20 +333,20 @@ static int run_in_pool(worker_t *workers, int64_t threads) {
 }
 
 /* The same with threads of its own, created for this call (when the pool is busy). */
-static void run_with_new_threads(worker_t *workers, pthread_t *tids, int64_t threads) {
+static void run_with_new_threads(worker_t *workers, int64_t threads) {
     int64_t started = 1;
     for (; started < threads; started++)
-        if (pthread_create(&tids[started], NULL, work, &workers[started]) != 0) break;
+        if (pthread_create(&workers[started].tid, NULL, work, &workers[started]) != 0) break;
     work(&workers[0]); /* the calling thread works too, and takes over the items of any thread that failed to start */
-    for (int64_t t = 1; t < started; t++) pthread_join(tids[t], NULL);
+    for (int64_t t = 1; t < started; t++) pthread_join(workers[t].tid, NULL);
 }
 
 /* Run workers[0 .. n) on the current job: alone, with the pool, or (pool busy) with threads of their own. */
-static void run_workers(worker_t *workers, pthread_t *tids, int64_t n) {
+static void run_workers(worker_t *workers, int64_t n) {
     if (n == 1)
         work(&workers[0]);
     else if (!run_in_pool(workers, n))
-        run_with_new_threads(workers, tids, n);
+        run_with_new_threads(workers, n);
 }
 
 /* The checks the forward and the backward share: shapes, tiles, inputs. */
@@ -421,19 +422,17 @@ int cl_attention(int isa, cl_attention_args *a) {
     if (!base) return CL_ERR_NOMEM;
 
     worker_t *workers = (worker_t *)calloc((size_t)threads, sizeof(worker_t));
-    pthread_t *tids = (pthread_t *)calloc((size_t)threads, sizeof(pthread_t));
     int rc = CL_OK;
-    if (!workers || !tids) {
+    if (!workers) {
         rc = CL_ERR_NOMEM;
     } else {
         for (int64_t t = 0; t < threads; t++) {
             workers[t].job = &job;
             workers[t].scratch = carve(base + (size_t)t * (per_thread / sizeof(float)), lay);
         }
-        run_workers(workers, tids, threads);
+        run_workers(workers, threads);
     }
     free(workers);
-    free(tids);
     scratch_free(base, total);
     return rc;
 }
@@ -496,20 +495,18 @@ int cl_attention_backward(int isa, cl_attention_args *a, const cl_backward_args 
     float *base = scratch_alloc(a, total);
     if (!base) return CL_ERR_NOMEM;
     worker_t *workers = (worker_t *)calloc((size_t)threads, sizeof(worker_t));
-    pthread_t *tids = (pthread_t *)calloc((size_t)threads, sizeof(pthread_t));
     int rc = CL_OK;
-    if (!workers || !tids) {
+    if (!workers) {
         rc = CL_ERR_NOMEM;
     } else {
         for (int64_t t = 0; t < threads; t++)
             workers[t].bscratch = bcarve(base + (size_t)t * (per_thread / sizeof(float)), part, wide);
         for (int j = 0; j < 2; j++) { /* pass A (dK, dV), then pass B (dQ) */
             for (int64_t t = 0; t < threads; t++) workers[t].job = &jobs[j];
-            run_workers(workers, tids, threads < jobs[j].n_items ? threads : jobs[j].n_items);
+            run_workers(workers, threads < jobs[j].n_items ? threads : jobs[j].n_items);
         }
     }
     free(workers);
-    free(tids);
     scratch_free(base, total);
     return rc;
 }
@@ -555,16 +552,15 @@ int cl_decode(int isa, cl_decode_args *a) {
     a->scratch_bytes = (int64_t)total;
     job.part = base + per_thread * threads;
     worker_t *workers = (worker_t *)calloc((size_t)threads, sizeof(worker_t));
-    pthread_t *tids = (pthread_t *)calloc((size_t)threads, sizeof(pthread_t));
     int rc = CL_OK;
-    if (!workers || !tids) {
+    if (!workers) {
         rc = CL_ERR_NOMEM;
     } else {
         for (int64_t t = 0; t < threads; t++) {
             workers[t].job = &job;
             workers[t].dscratch = base + t * per_thread;
         }
-        run_workers(workers, tids, threads);
+        run_workers(workers, threads);
         /* merge the splits of every row by their log-sum-exp (chapter 2's merge_states) */
         for (int64_t r = 0; r < rows; r++) {
             const float *p = job.part + r * a->splits * (D + 2);
@@ -590,7 +586,6 @@ int cl_decode(int isa, cl_decode_args *a) {
         }
     }
     free(workers);
-    free(tids);
     scratch_free(base, total);
     return rc;
 }
@@ -603,9 +598,8 @@ double cl_read_bandwidth(int isa, int64_t bytes, int threads, int rounds) {
     float *buf = (float *)aligned_alloc(64, (size_t)cl_round_up(n * (int64_t)sizeof(float), 64));
     double *sums = (double *)calloc((size_t)threads, sizeof(double));
     worker_t *workers = (worker_t *)calloc((size_t)threads, sizeof(worker_t));
-    pthread_t *tids = (pthread_t *)calloc((size_t)threads, sizeof(pthread_t));
-    if (!buf || !sums || !workers || !tids) {
-        free(buf); free(sums); free(workers); free(tids);
+    if (!buf || !sums || !workers) {
+        free(buf); free(sums); free(workers);
         return -1.0;
     }
     for (int64_t i = 0; i < n; i++) buf[i] = (float)(i & 7); /* touch every page before timing */
@@ -623,12 +617,12 @@ double cl_read_bandwidth(int isa, int64_t bytes, int threads, int rounds) {
         job.sums = sums;
         for (int t = 0; t < threads; t++) workers[t].job = &job;
         const double t0 = now_ns();
-        run_workers(workers, tids, threads);
+        run_workers(workers, threads);
         const double dt = now_ns() - t0;
         for (int t = 0; t < threads; t++) sink += sums[t];
         if (dt < best) best = dt;
     }
     (void)sink;
-    free(buf); free(sums); free(workers); free(tids);
+    free(buf); free(sums); free(workers);
     return (double)n * sizeof(float) / best; /* bytes per ns = GB/s */
 }
