@@ -53,10 +53,20 @@ docs-images: test-browser  ## the README's screenshot and plot, regenerated
 	cp build/browser/tuning_panel.png docs/images/tuning_panel.png
 	$(BIN)/python scripts/make_doc_images.py docs/images
 
-gpu-test: $(STAMP)  ## on a machine with an NVIDIA GPU: the GPU tests and the CUDA benchmark
-	scripts/install-pycuda.sh $(BIN)/python
-	$(BIN)/python -m pytest -q -m gpu tests/test_cuda_gpu.py
-	$(BIN)/python benchmarks/attention_cuda.py
+# GPU_PYTHON=python3: use a Python that already has NumPy, ml_dtypes, pytest, hypothesis and PyCUDA (a GPU
+# machine with no network), with the repository on its path instead of an installed venv.
+ifeq ($(GPU_PYTHON),)
+GPU_PY := $(BIN)/python
+GPU_DEPS := $(STAMP)
+else
+GPU_PY := PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON)
+GPU_DEPS :=
+endif
+
+gpu-test: $(GPU_DEPS)  ## on a machine with an NVIDIA GPU: the GPU tests and the CUDA benchmark
+	$(if $(GPU_PYTHON),,scripts/install-pycuda.sh $(BIN)/python)
+	$(GPU_PY) -m pytest -q -rs -p no:cacheprovider -m gpu tests/test_cuda_gpu.py
+	$(GPU_PY) benchmarks/attention_cuda.py
 
 system-deps:  ## install (as root) the optional tools: aarch64 cross compiler, qemu, ...
 	scripts/system-deps.sh

@@ -352,6 +352,26 @@ def _opencl_backward(ctx, head_dim: int):
     return cl.Kernel(program, "flash_bwd_dq"), cl.Kernel(program, "flash_bwd_dkv")
 
 
+def backward_arguments(p: AttentionProblem, out: np.ndarray, lse: np.ndarray, dout: np.ndarray):
+    """cuda/flash_bwd.cu's arguments, the same on both devices: (input arrays q, k, v, mask_b, mask_f, alibi, lse,
+    dout, drow; the three gradients' empty host arrays; the scalars after them). drow = D_i = rowsum(dO ∘ O)."""
+    kind, mb, mf, strides = mask_arguments(p)
+    slopes, vis_lo, vis_hi, softcap = variant_arguments(p)
+    drow = np.einsum("bhld,bhld->bhl", dout, out).astype(np.float32)
+    ins = [np.ascontiguousarray(a) for a in (p.q, p.k, p.v, mb, mf, slopes, lse.astype(np.float32),
+                                             dout.astype(np.float32), drow)]
+    grads = [np.empty(p.q.shape, np.float32), np.empty(p.k.shape, np.float32), np.empty(p.v.shape, np.float32)]
+    scalars = (np.int32(p.heads_q), np.int32(p.heads_kv), np.int32(p.len_q), np.int32(p.len_k),
+               np.float32(p.scale), vis_lo, vis_hi, softcap, np.int32(kind), *(np.int64(s) for s in strides))
+    return ins, grads, scalars
+
+
+def backward_grids(p: AttentionProblem) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """Blocks of BACKWARD_THREADS for (flash_bwd_dq, flash_bwd_dkv): (ceil(Lq / T), Hq, B), (ceil(Lk / T), Hkv, B)."""
+    T = BACKWARD_THREADS
+    return (math.ceil(p.len_q / T), p.heads_q, p.batch), (math.ceil(p.len_k / T), p.heads_kv, p.batch)
+
+
 def run_backward_on_cpu(p: AttentionProblem, out: np.ndarray, lse: np.ndarray, dout: np.ndarray
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The CUDA backward (cuda/flash_bwd.cu: one thread per query row for dQ, one per key row for dK and dV)
@@ -360,19 +380,13 @@ def run_backward_on_cpu(p: AttentionProblem, out: np.ndarray, lse: np.ndarray, d
 
     ctx, queue, _ = _opencl_context()
     k_dq, k_dkv = _opencl_backward(ctx, p.head_dim)
-    kind, mb, mf, strides = mask_arguments(p)
-    slopes, vis_lo, vis_hi, softcap = variant_arguments(p)
-    drow = np.einsum("bhld,bhld->bhl", dout, out).astype(np.float32)  # D = rowsum(dO * O)
+    ins, grads, scalars = backward_arguments(p, out, lse, dout)
     mf_ = cl.mem_flags
-    ins = [cl.Buffer(ctx, mf_.READ_ONLY | mf_.COPY_HOST_PTR, hostbuf=np.ascontiguousarray(a))
-           for a in (p.q, p.k, p.v, mb, mf, slopes, lse.astype(np.float32), dout.astype(np.float32), drow)]
-    grads = [np.empty(p.q.shape, np.float32), np.empty(p.k.shape, np.float32), np.empty(p.v.shape, np.float32)]
+    bufs = [cl.Buffer(ctx, mf_.READ_ONLY | mf_.COPY_HOST_PTR, hostbuf=a) for a in ins]
     outs = [cl.Buffer(ctx, mf_.WRITE_ONLY, g.nbytes) for g in grads]
-    args = (*ins, *outs, np.int32(p.heads_q), np.int32(p.heads_kv), np.int32(p.len_q), np.int32(p.len_k),
-            np.float32(p.scale), vis_lo, vis_hi, softcap, np.int32(kind), *(np.int64(s) for s in strides))
     T = BACKWARD_THREADS
-    k_dq(queue, (math.ceil(p.len_q / T) * T, p.heads_q, p.batch), (T, 1, 1), *args)
-    k_dkv(queue, (math.ceil(p.len_k / T) * T, p.heads_kv, p.batch), (T, 1, 1), *args)
+    for kern, grid in zip((k_dq, k_dkv), backward_grids(p), strict=True):
+        kern(queue, (grid[0] * T, grid[1], grid[2]), (T, 1, 1), *bufs, *outs, *scalars)
     for g, buf in zip(grads, outs, strict=True):
         cl.enqueue_copy(queue, g, buf)
     queue.finish()
@@ -572,6 +586,39 @@ def run_on_gpu(p: AttentionProblem, cfg: KernelConfig, precision: str | None = N
     return run.result()
 
 
+@functools.lru_cache(maxsize=16)
+def _gpu_backward(head_dim: int, arch: str):
+    """cuda/flash_bwd.cu compiled by nvcc for one head dim: its (dq, dkv) kernels (the module kept alive)."""
+    from pycuda.compiler import SourceModule
+
+    _nvcc_on_path()
+    mod = SourceModule((CUDA_DIR / "flash_bwd.cu").read_text(), arch=arch, include_dirs=[str(CUDA_DIR)],
+                       options=["-O3", f"-DHEAD_DIM={head_dim}", f"-DTHREADS={BACKWARD_THREADS}"], no_extern_c=True)
+    return mod, mod.get_function("flash_bwd_dq"), mod.get_function("flash_bwd_dkv")
+
+
+def run_backward_on_gpu(p: AttentionProblem, out: np.ndarray, lse: np.ndarray, dout: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """cuda/flash_bwd.cu on the GPU: the same source and arguments as `run_backward_on_cpu`."""
+    drv = _import_driver()
+    dev, ctx = _device_context()
+    ins, grads, scalars = backward_arguments(p, out, lse, dout)
+    ctx.push()
+    try:
+        major, minor = dev.compute_capability()
+        _, k_dq, k_dkv = _gpu_backward(p.head_dim, f"sm_{major}{minor}")
+        bufs = [drv.to_device(a) for a in ins]
+        outs = [drv.mem_alloc(g.nbytes) for g in grads]
+        for kern, grid in zip((k_dq, k_dkv), backward_grids(p), strict=True):
+            kern(*bufs, *outs, *scalars, block=(BACKWARD_THREADS, 1, 1), grid=grid)
+        ctx.synchronize()
+        for g, buf in zip(grads, outs, strict=True):
+            drv.memcpy_dtoh(g, buf)
+        return tuple(grads)
+    finally:
+        ctx.pop()
+
+
 class CudaBackend(Backend):
     name = "cuda"
     summary = "CUDA kernels v1-v4 through PyCUDA on an NVIDIA GPU (kernel='v1'..'v4')"
@@ -599,6 +646,20 @@ class CudaBackend(Backend):
         if kernel == "v4" and precision is None:
             precision = "fp16"
         return run_on_gpu(problem, kernel_config(kernel, problem.head_dim, block_q, block_k), precision)
+
+    has_backward = True
+    backward_variants = CUDA_VARIANTS
+
+    def backward_extra_bytes(self, shape: ProblemShape, itemsize: int, **options) -> int:
+        return 0  # host side: the gradients only; the GPU holds the copies
+
+    def backward(self, problem, out, lse, dout, block_q=None, block_k=None, kernel=None, precision=None):
+        """cuda/flash_bwd.cu on the GPU (one kernel pair in float32: block sizes, ``kernel`` and ``precision``
+        do not apply)."""
+        if kernel is not None or precision is not None or block_q is not None or block_k is not None:
+            raise ValueError("the CUDA backward is one float32 kernel pair (cuda/flash_bwd.cu): leave kernel, "
+                             "precision and the block sizes as None")
+        return run_backward_on_gpu(problem, out, lse, dout)
 
 
 register(CudaOnCpuBackend())
