@@ -299,6 +299,14 @@ class SimdLibrary:
                         self.ffi.from_buffer("float[]", y, require_writable=True), x.size)
         return y
 
+    def exp2(self, x, isa: str | None = None) -> np.ndarray:
+        """2^x as the forward's softmax computes it (its scores carry log2(e)); for x <= 0, -inf and NaN."""
+        x = self._vec("x", x)
+        y = np.empty_like(x)
+        self.lib.cl_exp2(self.isa_index(isa), self.ffi.from_buffer("float[]", x),
+                         self.ffi.from_buffer("float[]", y, require_writable=True), x.size)
+        return y
+
     def scale(self, x, alpha: float, isa: str | None = None) -> np.ndarray:
         y = np.array(self._vec("x", x), copy=True)
         self.lib.cl_scale(self.isa_index(isa), self.ffi.from_buffer("float[]", y, require_writable=True),

@@ -139,6 +139,7 @@ void cl_axpy(int isa, float alpha, const float *x, float *y, int64_t n); /* y +=
 void cl_scale(int isa, float *x, float alpha, int64_t n);               /* x *= alpha */
 float cl_max(int isa, const float *x, int64_t n);                       /* -inf for n == 0 */
 void cl_exp(int isa, const float *x, float *y, int64_t n);              /* y = e^x */
+void cl_exp2(int isa, const float *x, float *y, int64_t n);             /* y = 2^x, for x <= 0 (the softmax's) */
 
 /* Micro-benchmark of one primitive, timed in C (no Python call overhead): nanoseconds per call, median of
  * `rounds` rounds of `iters` calls on length-n data. op: 0 dot, 1 axpy, 2 exp. Negative on error. */

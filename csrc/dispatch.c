@@ -126,6 +126,7 @@ void cl_axpy(int isa, float alpha, const float *x, float *y, int64_t n) { IMPL_O
 void cl_scale(int isa, float *x, float alpha, int64_t n) { IMPL_OR_SCALAR(isa)->scale(x, alpha, n); }
 float cl_max(int isa, const float *x, int64_t n) { return IMPL_OR_SCALAR(isa)->max(x, n); }
 void cl_exp(int isa, const float *x, float *y, int64_t n) { IMPL_OR_SCALAR(isa)->exp(x, y, n); }
+void cl_exp2(int isa, const float *x, float *y, int64_t n) { IMPL_OR_SCALAR(isa)->exp2(x, y, n); }
 
 static double now_ns(void) {
     struct timespec ts;

@@ -28,12 +28,12 @@
 #define CL_ISA_NAME "avx512bf16"
 #include "vocab_avx512.h"
 
-/* e^x for x <= 0 (the softmax's arguments) to 4e-5 relative: 2^t = 2^n · 2^f with t = x·log2(e), n = round(t),
- * |f| <= 1/2, 2^f by its degree-4 Taylor polynomial, and scalef for 2^n. t is clamped at -160, where 2^t is 0 in
+/* 2^x for x <= 0 (the softmax's arguments, base-2 units) to 4e-5 relative: 2^n · 2^f with n = round(x),
+ * |f| <= 1/2, 2^f by its degree-4 Taylor polynomial, and scalef for 2^n. x is clamped at -160, where 2^x is 0 in
  * float32, so a hidden key (-inf) weighs exactly 0; NaN stays NaN (max returns its second operand for it). P is
- * rounded to bfloat16 (2^-9) afterwards, so the float32 kernel's 1-ulp exp would be wasted work here. */
-static inline vec vexp_bf16path(vec x) {
-    const vec t = _mm512_max_ps(_mm512_set1_ps(-160.0f), _mm512_mul_ps(x, _mm512_set1_ps(CL_LOG2E)));
+ * rounded to bfloat16 (2^-9) afterwards, so the float32 kernel's degree-6 polynomial would be wasted work here. */
+static inline vec vexp2_bf16path(vec x) {
+    const vec t = _mm512_max_ps(_mm512_set1_ps(-160.0f), x);
     const vec n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const vec f = _mm512_sub_ps(t, n);
     vec p = _mm512_fmadd_ps(_mm512_set1_ps(9.6181291e-3f), f, _mm512_set1_ps(5.5504109e-2f));
@@ -42,7 +42,7 @@ static inline vec vexp_bf16path(vec x) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
 }
-#define CL_SOFTMAX_EXP vexp_bf16path
+#define CL_SOFTMAX_EXP2 vexp2_bf16path
 
 /* bf16_kernel.inc's pair vocabulary */
 typedef __m512i pvec;

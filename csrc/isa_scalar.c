@@ -54,6 +54,22 @@ static inline vec vexp(vec x) {
     return y * two_n.f;
 }
 
+/* 2^x for x <= 0 (simd_internal.h) */
+static inline vec vexp2(vec x) {
+    if (x != x) return x;
+    if (x < -126.5f) return 0.0f;
+    const float n = (x + 12582912.0f) - 12582912.0f; /* round to nearest even, as in vexp */
+    const float f = x - n;
+    float p = CL_EXP2_P0 * f + CL_EXP2_P1;
+    p = p * f + CL_EXP2_P2;
+    p = p * f + CL_EXP2_P3;
+    p = p * f + CL_EXP2_P4;
+    p = p * f + CL_EXP2_P5;
+    p = p * f + 1.0f;
+    union { int32_t i; float f; } two_n = {.i = ((int32_t)n + 127) << 23};
+    return p * two_n.f;
+}
+
 /* 4 keys x 4 queries of scalar accumulators: the seed's 4-way unrolling, as a register block */
 #define S_MR 4
 #define S_NR 4

@@ -13,6 +13,7 @@
 #define CL_EXP_HI 88.0f
 #define CL_EXP_LO (-87.33654475f)
 #define CL_EXP_OVERFLOW 88.72283906f
+#define CL_EXP_SCALEF_HI 88.8f /* AVX-512: past the overflow, so that vscalefps gives +inf */
 #define CL_LOG2E 1.44269504088896341f
 #define CL_LN2_HI 0.693359375f
 #define CL_LN2_LO (-2.12194440e-4f)
@@ -22,6 +23,18 @@
 #define CL_EXP_P3 4.1665795894e-2f
 #define CL_EXP_P4 1.6666665459e-1f
 #define CL_EXP_P5 5.0000001201e-1f
+
+/* 2^x for the online softmax, whose scores carry log2(e) in their scale (FlashAttention's softmax_scale_log2), so
+ * that the argument needs no reduction by ln 2: x = n + f with n = round(x), |f| <= 1/2, 2^f by a degree-6
+ * polynomial (relative error 2e-9 before float32 rounding), 2^n exactly. Its domain is the softmax's: x <= 0,
+ * -inf and NaN (x = s - max, never positive); 0 below -126.5 (AVX-512: subnormals down to -149), NaN stays NaN. */
+#define CL_LN2 0.693147180559945309f
+#define CL_EXP2_P0 1.535336188319500e-4f
+#define CL_EXP2_P1 1.339887440266574e-3f
+#define CL_EXP2_P2 9.618437357674640e-3f
+#define CL_EXP2_P3 5.550332471162809e-2f
+#define CL_EXP2_P4 2.402264791363012e-1f
+#define CL_EXP2_P5 6.931472028550421e-1f
 
 static inline int64_t cl_round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -80,6 +93,7 @@ typedef struct {
     void (*scale)(float *, float, int64_t);
     float (*max)(const float *, int64_t);
     void (*exp)(const float *, float *, int64_t);
+    void (*exp2)(const float *, float *, int64_t); /* the softmax's 2^x, for x <= 0 */
     void (*attention_item)(const cl_attention_args *, int64_t item, cl_scratch *);
     void (*attention_item_rowwise)(const cl_attention_args *, int64_t item, cl_scratch *);
     void (*backward_dkv_item)(const cl_attention_args *, const cl_backward_args *, int64_t item, cl_bscratch *);

@@ -11,7 +11,7 @@
  *                                      [B,Hq,Lq,D] then lse [B,Hq,Lq] (float32) to OUT
  *   test_driver CASE OUT backward      the forward, then the backward for the dO that follows the case's mask:
  *                                      write dq [B,Hq,Lq,D], dk and dv [B,Hkv,Lk,D] (float32) to OUT
- *   test_driver --primitives ISA       self-check dot/axpy/scale/max/exp over lengths 0..67 (prints "ok")
+ *   test_driver --primitives ISA       self-check dot/axpy/scale/max/exp/exp2 over lengths 0..67 (prints "ok")
  *   test_driver --decode CASE OUT      decode (chapter 10) over a KV cache: write out [B,Hq,Lq,D], lse [B,Hq,Lq]
  *
  * CASE: one text line "chordlab-case B Hq Hkv Lq Lk D causal mask_kind mb mh mq mk block_q block_k threads
@@ -87,6 +87,10 @@ static int primitives(const char *isa_name) {
         cl_exp(isa, a, e, n);
         for (int i = 0; i < n; i++)
             if (fabs(e[i] - exp((double)a[i])) > 1e-6 * exp((double)a[i])) { fprintf(stderr, "exp n=%d\n", n); return 1; }
+        for (int i = 0; i < n; i++) a[i] = -fabsf(a[i]) * 40.0f; /* the softmax's 2^x: x <= 0 */
+        cl_exp2(isa, a, e, n);
+        for (int i = 0; i < n; i++)
+            if (fabs(e[i] - exp2((double)a[i])) > 3e-7 * exp2((double)a[i])) { fprintf(stderr, "exp2 n=%d\n", n); return 1; }
     }
     printf("ok\n");
     return 0;

@@ -40,8 +40,9 @@ static inline vec vrcp(vec x) {
 #define vhmax _mm512_reduce_max_ps
 
 static inline vec vexp(vec xin) {
-    vec x = _mm512_min_ps(_mm512_set1_ps(CL_EXP_HI), xin);
-    x = _mm512_max_ps(_mm512_set1_ps(CL_EXP_LO), x);
+    /* the clamps keep the reduction in range (NaN passes: max and min return their second operand for it); vscalefps
+     * applies 2^n exactly and makes +inf past 88.72 by itself */
+    vec x = _mm512_min_ps(_mm512_set1_ps(CL_EXP_SCALEF_HI), _mm512_max_ps(_mm512_set1_ps(CL_EXP_LO), xin));
     const vec fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(CL_LOG2E)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(CL_LN2_HI), x);
@@ -54,13 +55,26 @@ static inline vec vexp(vec xin) {
     y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(CL_EXP_P4));
     y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(CL_EXP_P5));
     y = _mm512_add_ps(_mm512_fmadd_ps(y, z, x), _mm512_set1_ps(1.0f));
-    const __m512i n = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fx), _mm512_set1_epi32(127)), 23);
-    y = _mm512_mul_ps(y, _mm512_castsi512_ps(n));
-    const __mmask16 under = _mm512_cmp_ps_mask(xin, _mm512_set1_ps(CL_EXP_LO), _CMP_LT_OQ);
-    const __mmask16 over = _mm512_cmp_ps_mask(xin, _mm512_set1_ps(CL_EXP_OVERFLOW), _CMP_GT_OQ);
-    y = _mm512_maskz_mov_ps((__mmask16)~under, y);
-    return _mm512_mask_mov_ps(y, over, _mm512_set1_ps(INFINITY));
+    y = _mm512_scalef_ps(y, fx);
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(xin, _mm512_set1_ps(CL_EXP_LO), _CMP_NLT_UQ), y);
 }
+
+/* 2^x for x <= 0 (simd_internal.h); vscalefps applies 2^n and gives 0 below -150 by itself */
+static inline vec vexp2(vec xin) {
+    const vec x = _mm512_max_ps(_mm512_set1_ps(-151.0f), xin); /* keeps f finite for -inf; NaN passes */
+    const vec n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const vec f = _mm512_sub_ps(x, n);
+    vec p = _mm512_fmadd_ps(_mm512_set1_ps(CL_EXP2_P0), f, _mm512_set1_ps(CL_EXP2_P1));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(CL_EXP2_P2));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(CL_EXP2_P3));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(CL_EXP2_P4));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(CL_EXP2_P5));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* the softmax walks 8 query vectors down a tile at once (8 max and 8 sum chains) */
+#define SM_NC 8
 
 /* 32 registers: 6 x 4 accumulators + 4 loads + 1 broadcast */
 #define S_MR 6

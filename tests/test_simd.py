@@ -143,6 +143,17 @@ def test_exp_polynomial_error_bound(isa):
     assert edge[0] == 0 and edge[1] == 0 and np.isnan(edge[2]) and edge[3] == np.inf and edge[4] == 1
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_the_softmax_exp2_error_bound(isa):
+    """Stated in csrc/simd_internal.h: the forward's 2^x (its scores carry log2 e) below one float32 epsilon on
+    [-126, 0]; 0 for -inf and far below, NaN stays NaN."""
+    x = np.linspace(-126.0, 0.0, 400_001, dtype=np.float32)
+    want = np.exp2(x.astype(np.float64))
+    assert (np.abs(lib.exp2(x, isa=isa) - want) / want).max() < np.finfo(np.float32).eps
+    edge = lib.exp2(np.array([-np.inf, -151.0, -1000.0, np.nan, 0.0, -1.0], dtype=np.float32), isa=isa)
+    assert edge[0] == edge[1] == edge[2] == 0 and np.isnan(edge[3]) and edge[4] == 1 and edge[5] == 0.5
+
+
 def test_primitive_input_errors():
     with pytest.raises(TypeError, match="1-D float32"):
         lib.dot(np.ones(3), np.ones(3))

@@ -366,4 +366,6 @@ def test_the_kernels_softcap_tanh_is_accurate_to_a_few_ulp(isa):
         _, lse = chordlab.attention(q, one, one, scale=1.0, softcap=cap, backend="simd", isa=isa, return_lse=True)
         want = cap * np.tanh(q.astype(np.float64)[..., 0] / cap)
         rel = np.abs(lse - want) / np.maximum(np.abs(want), 1e-30)
-        assert rel.max() < 4e-7, (cap, rel.max())  # float32's epsilon is 1.2e-7
+        # float32's epsilon is 1.2e-7; the forward scores in base-2 units (log2 e folded into the scale) and turns
+        # lse back with ln 2, two more roundings than tanh itself: 3.7 ulp at most on Zen 5
+        assert rel.max() < 5e-7, (cap, rel.max())

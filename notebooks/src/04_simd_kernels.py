@@ -153,9 +153,12 @@ show(CSRC / "flash_kernel.inc", "CL_INLINE void FN(scores_block)", "for (int c =
 
 # %% [markdown]
 # With scores laid out keys-major, each lane holds one *query*, so the online softmax of chapter 2 (running
-# max, `exp`, running sum) is lane-wise: no horizontal reductions. `exp` is a vectorized polynomial (Cephes'
-# `expf`, relative error below one float32 epsilon; `tests/test_simd.py` checks the bound). Then a second
-# micro-kernel accumulates `O = α·O + P·V`, reading rows of `V` in place.
+# max, `exp`, running sum) is lane-wise: no horizontal reductions. The query tile is packed scaled by
+# `scale · log2(e)`, so the scores come out in base-2 units and the softmax needs `2^(s - max)`: split into
+# `2^n · 2^f` with `|f| ≤ 1/2`, a degree-6 polynomial for `2^f` and the exponent bits (AVX-512's `vscalefps`)
+# for `2^n`, below one float32 epsilon (`tests/test_simd.py` checks the bound). That saves the multiply and the
+# two-step `ln 2` reduction of a natural `exp` on every score; `lse` goes back to natural units once per row.
+# Then a second micro-kernel accumulates `O = α·O + P·V`, reading rows of `V` in place.
 #
 # Every path is checked against the NumPy reference (the tests do this over thousands of random shapes,
 # masks and block sizes, with hypothesis):
