@@ -78,20 +78,14 @@ static inline vec vexp(vec xin) {
                             _mm256_cmp_ps(xin, _mm256_set1_ps(CL_EXP_OVERFLOW), _CMP_GT_OQ));
 }
 
-/* 2^x for x <= 0 (simd_internal.h): 2^n from the exponent bits; n = -127 makes 0 */
-static inline vec vexp2(vec xin) {
-    const vec x = _mm256_max_ps(_mm256_set1_ps(-127.0f), xin); /* constant first: NaN passes */
-    const vec n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const vec f = _mm256_sub_ps(x, n);
-    vec p = _mm256_fmadd_ps(_mm256_set1_ps(CL_EXP2_P0), f, _mm256_set1_ps(CL_EXP2_P1));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(CL_EXP2_P2));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(CL_EXP2_P3));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(CL_EXP2_P4));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(CL_EXP2_P5));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+/* vexp2's words (flash_kernel.inc): round to nearest; p·2^n from the exponent bits for integral n >= -127 (n = -127
+ * makes 0) */
+#define vround(x) _mm256_round_ps((x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+static inline vec vldexp(vec p, vec n) {
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
+#define CL_EXP2_FLOOR (-127.0f)
 
 /* 16 registers: 6 x 2 accumulators + 2 loads + 1 broadcast (the classic 6x16 sgemm kernel) */
 #define S_MR 6

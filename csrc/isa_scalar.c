@@ -54,21 +54,15 @@ static inline vec vexp(vec x) {
     return y * two_n.f;
 }
 
-/* 2^x for x <= 0 (simd_internal.h) */
-static inline vec vexp2(vec x) {
-    if (x != x) return x;
-    if (x < -126.5f) return 0.0f;
-    const float n = (x + 12582912.0f) - 12582912.0f; /* round to nearest even, as in vexp */
-    const float f = x - n;
-    float p = CL_EXP2_P0 * f + CL_EXP2_P1;
-    p = p * f + CL_EXP2_P2;
-    p = p * f + CL_EXP2_P3;
-    p = p * f + CL_EXP2_P4;
-    p = p * f + CL_EXP2_P5;
-    p = p * f + 1.0f;
+/* vexp2's words (flash_kernel.inc): round to nearest even without libm (adding 1.5 * 2^23 pushes the fraction out of
+ * the mantissa); p·2^n from the exponent bits for integral n >= -127 (n = -127 makes 0; NaN stays NaN) */
+static inline vec vround(vec x) { return (x + 12582912.0f) - 12582912.0f; }
+static inline vec vldexp(vec p, vec n) {
+    if (n != n) return p + n;
     union { int32_t i; float f; } two_n = {.i = ((int32_t)n + 127) << 23};
     return p * two_n.f;
 }
+#define CL_EXP2_FLOOR (-127.0f)
 
 /* 4 keys x 4 queries of scalar accumulators: the seed's 4-way unrolling, as a register block */
 #define S_MR 4

@@ -59,19 +59,10 @@ static inline vec vexp(vec xin) {
     return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(xin, _mm512_set1_ps(CL_EXP_LO), _CMP_NLT_UQ), y);
 }
 
-/* 2^x for x <= 0 (simd_internal.h); vscalefps applies 2^n and gives 0 below -150 by itself */
-static inline vec vexp2(vec xin) {
-    const vec x = _mm512_max_ps(_mm512_set1_ps(-151.0f), xin); /* keeps f finite for -inf; NaN passes */
-    const vec n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const vec f = _mm512_sub_ps(x, n);
-    vec p = _mm512_fmadd_ps(_mm512_set1_ps(CL_EXP2_P0), f, _mm512_set1_ps(CL_EXP2_P1));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(CL_EXP2_P2));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(CL_EXP2_P3));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(CL_EXP2_P4));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(CL_EXP2_P5));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
+/* vexp2's words (flash_kernel.inc): round to nearest, p·2^n for integral n (vscalefps: 0 below -150 by itself) */
+#define vround(x) _mm512_roundscale_ps((x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define vldexp _mm512_scalef_ps
+#define CL_EXP2_FLOOR (-151.0f)
 
 /* the softmax walks 8 query vectors down a tile at once (8 max and 8 sum chains) */
 #define SM_NC 8

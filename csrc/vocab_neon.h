@@ -51,20 +51,14 @@ static inline vec vexp(vec xin) {
     return vbslq_f32(vcgtq_f32(xin, vdupq_n_f32(CL_EXP_OVERFLOW)), vdupq_n_f32(INFINITY), y);
 }
 
-/* 2^x for x <= 0 (simd_internal.h): 2^n from the exponent bits; n = -127 makes 0 */
-static inline vec vexp2(vec xin) {
-    const vec x = vmaxq_f32(xin, vdupq_n_f32(-127.0f)); /* NEON max propagates NaN */
-    const vec n = vrndnq_f32(x);
-    const vec f = vsubq_f32(x, n);
-    vec p = vfmaq_f32(vdupq_n_f32(CL_EXP2_P1), vdupq_n_f32(CL_EXP2_P0), f);
-    p = vfmaq_f32(vdupq_n_f32(CL_EXP2_P2), p, f);
-    p = vfmaq_f32(vdupq_n_f32(CL_EXP2_P3), p, f);
-    p = vfmaq_f32(vdupq_n_f32(CL_EXP2_P4), p, f);
-    p = vfmaq_f32(vdupq_n_f32(CL_EXP2_P5), p, f);
-    p = vfmaq_f32(vdupq_n_f32(1.0f), p, f);
+/* vexp2's words (flash_kernel.inc): round to nearest; p·2^n from the exponent bits for integral n >= -127 (n = -127
+ * makes 0) */
+#define vround vrndnq_f32
+static inline vec vldexp(vec p, vec n) {
     const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
     return vmulq_f32(p, vreinterpretq_f32_s32(e));
 }
+#define CL_EXP2_FLOOR (-127.0f)
 
 /* the softmax walks 8 query vectors down a tile at once */
 #define SM_NC 8
