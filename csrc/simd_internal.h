@@ -37,6 +37,10 @@
 #define CL_EXP2_P5 6.931472028550421e-1f
 
 static inline int64_t cl_round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+/* The query tile of a work item (items count query tiles within a head): the last tile first. Under a causal mask it
+ * sees the most keys, so threads that take items in order (an atomic counter) start with the heavy ones and are left
+ * with light ones at the end: they finish together (longest first). Results do not depend on the order. */
+static inline int64_t cl_query_tile(int64_t item, int64_t n_qt) { return n_qt - 1 - item % n_qt; }
 
 /* One work item = one (batch, query head, query tile). Scratch is one thread's private memory. */
 typedef struct {

@@ -143,6 +143,17 @@ def test_kv_cache_appends_and_refusals_leave_it_unchanged(rng):
     assert chordlab.KVCache(1, 1, 4, 4, dtype="bfloat16").dtype == BF16
 
 
+@pytest.mark.parametrize("dtype", KV_DTYPES)
+def test_cache_storage_starts_on_a_cache_line(dtype):
+    """A vector load of a cached row touches one cache line, not two (NumPy alone starts 16 bytes past one)."""
+    for cache in (chordlab.KVCache(2, 3, 128, 100, dtype), chordlab.PagedKVCache(7, 16, 3, 33, dtype)):
+        for a in (cache.k, cache.v):
+            assert a.ctypes.data % 64 == 0 and a.flags.c_contiguous and a.flags.writeable
+            assert a.dtype == dtype and not a.any()
+    a = chordlab.kv_cache.aligned_zeros((3, 5), np.float16, align=4096)
+    assert a.ctypes.data % 4096 == 0 and a.shape == (3, 5) and a.nbytes == 30
+
+
 def test_paged_cache_pages_fragmentation_and_running_out(rng):
     cache = chordlab.PagedKVCache(5, 4, 1, 3)
     a, b = cache.add_sequence(), cache.add_sequence()
