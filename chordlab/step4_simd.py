@@ -264,6 +264,15 @@ class SimdLibrary:
             raise RuntimeError("the bandwidth probe failed (out of memory?)")
         return float(gbs)
 
+    def read_sum(self, x, threads: int | None = None, isa: str | None = None) -> float:
+        """``x.sum()`` by the bandwidth probe's read (``threads`` threads, one slice each, float64 sums): time it
+        side by side with a kernel to measure the read limit at the same moment, over the same bytes."""
+        x = np.asarray(x)
+        if x.dtype != np.float32 or not x.flags.c_contiguous or x.size == 0:
+            raise TypeError(f"x must be a non-empty C-contiguous float32 array, got {x.dtype} with shape {x.shape}")
+        return float(self.lib.cl_read_sum(self.isa_index(isa), self.ffi.from_buffer("float[]", x), x.size,
+                                          resolve_threads(threads)))
+
     # -- primitives (the seed's micro-benchmarks and chapter 4) ---------------------------------------
     def _vec(self, name: str, x) -> np.ndarray:
         x = np.asarray(x)

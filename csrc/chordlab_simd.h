@@ -132,6 +132,9 @@ int cl_decode(int isa, cl_decode_args *args);
 
 /* Read bandwidth (STREAM-like): `threads` threads sum their slices of a `bytes` buffer, best of `rounds`; GB/s. */
 double cl_read_bandwidth(int isa, int64_t bytes, int threads, int rounds);
+/* The probe's read once over a caller's buffer: `threads` threads sum their slices of x[0 .. n); Σ x (timed by the
+ * caller, so that benchmarks can interleave it with the kernels it is the limit of). NaN on bad arguments. */
+double cl_read_sum(int isa, const float *x, int64_t n, int threads);
 
 /* Primitives, per ISA (the seed's dot and weighted add, and the pieces of the softmax). */
 float cl_dot(int isa, const float *a, const float *b, int64_t n);

@@ -591,6 +591,25 @@ int cl_decode(int isa, cl_decode_args *a) {
     return rc;
 }
 
+/* One read of x[0 .. n) by `threads` workers (slices of one job); Σ x in double. */
+static double read_once(const cl_isa_impl *impl, const float *x, int64_t n, int threads, double *sums,
+                        worker_t *workers) {
+    job_t job;
+    memset(&job, 0, sizeof job);
+    job.impl = impl;
+    job.kind = JOB_READ;
+    job.slice = (n + threads - 1) / threads;
+    job.n_items = (n + job.slice - 1) / job.slice;
+    job.buf = x;
+    job.total = n;
+    job.sums = sums;
+    for (int t = 0; t < threads; t++) workers[t].job = &job;
+    run_workers(workers, threads < job.n_items ? threads : job.n_items);
+    double s = 0.0;
+    for (int64_t t = 0; t < job.n_items; t++) s += sums[t];
+    return s;
+}
+
 double cl_read_bandwidth(int isa, int64_t bytes, int threads, int rounds) {
     if (!cl_isa_supported(isa) || bytes < 4096 || rounds < 1 || rounds > 1000) return -1.0;
     const cl_isa_impl *impl = impl_of(isa);
@@ -607,23 +626,23 @@ double cl_read_bandwidth(int isa, int64_t bytes, int threads, int rounds) {
     double best = 1e300;
     volatile double sink = 0.0;
     for (int r = 0; r < rounds; r++) {
-        job_t job;
-        memset(&job, 0, sizeof job);
-        job.impl = impl;
-        job.kind = JOB_READ;
-        job.n_items = threads;
-        job.buf = buf;
-        job.total = n;
-        job.slice = (n + threads - 1) / threads;
-        job.sums = sums;
-        for (int t = 0; t < threads; t++) workers[t].job = &job;
         const double t0 = now_ns();
-        run_workers(workers, threads);
+        sink += read_once(impl, buf, n, threads, sums, workers);
         const double dt = now_ns() - t0;
-        for (int t = 0; t < threads; t++) sink += sums[t];
         if (dt < best) best = dt;
     }
     (void)sink;
     free(buf); free(sums); free(workers);
     return (double)n * sizeof(float) / best; /* bytes per ns = GB/s */
+}
+
+double cl_read_sum(int isa, const float *x, int64_t n, int threads) {
+    if (!cl_isa_supported(isa) || !x || n < 1) return NAN;
+    if (threads <= 0) threads = cl_default_threads();
+    double *sums = (double *)calloc((size_t)threads, sizeof(double));
+    worker_t *workers = (worker_t *)calloc((size_t)threads, sizeof(worker_t));
+    double s = NAN;
+    if (sums && workers) s = read_once(impl_of(isa), x, n, threads, sums, workers);
+    free(sums); free(workers);
+    return s;
 }

@@ -222,6 +222,19 @@ def test_auto_splits_rule():
     assert dec.auto_splits(32, 8, 65536, 16) == 1
 
 
+def test_the_probe_read_sums_a_buffer_on_any_thread_count(rng):
+    lib = step4_simd.library()
+    x = rng.standard_normal(100_003).astype(np.float32)
+    for isa in SIMD_ISAS:
+        for threads in (1, 2, 3):
+            assert abs(lib.read_sum(x, threads=threads, isa=isa) - x.astype(np.float64).sum()) < 1e-6 * x.size
+    assert lib.read_sum(np.ones(5, np.float32), threads=8) == 5.0
+    with pytest.raises(TypeError, match="float32"):
+        lib.read_sum(np.ones(4))
+    with pytest.raises(TypeError, match="non-empty"):
+        lib.read_sum(np.ones(0, np.float32))
+
+
 def test_the_bandwidth_probe_measures_something():
     gbs = step4_simd.library().read_bandwidth(threads=1, megabytes=64, rounds=2)
     assert 0.5 < gbs < 2000
