@@ -154,6 +154,25 @@ def test_cache_storage_starts_on_a_cache_line(dtype):
     assert a.ctypes.data % 4096 == 0 and a.shape == (3, 5) and a.nbytes == 30
 
 
+@pytest.mark.parametrize("dtype", KV_DTYPES)
+def test_decode_reads_storage_at_any_alignment(dtype, rng):
+    """The kernels' loads are unaligned: storage moved off the cache line (as NumPy places it) gives the same bits."""
+    cache = chordlab.KVCache(1, 2, 128, 300, dtype)
+    cache.append(*(rng.standard_normal((1, 2, 300, 128)).astype(dtype) for _ in range(2)))
+    q = rng.standard_normal((1, 8, 1, 128)).astype(np.float32)
+    want = chordlab.decode(q, cache, backend="simd", splits=3, threads=2)
+    for shift in (4, 16, 36):  # bytes past a cache line (a multiple of every element size)
+        for name in ("k", "v"):
+            a = getattr(cache, name)
+            raw = np.zeros(a.nbytes + 64 + shift, np.uint8)
+            start = -raw.ctypes.data % 64 + shift
+            moved = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+            moved[...] = a
+            assert moved.ctypes.data % 64 == shift
+            setattr(cache, name, moved)
+        assert np.array_equal(chordlab.decode(q, cache, backend="simd", splits=3, threads=2), want)
+
+
 def test_paged_cache_pages_fragmentation_and_running_out(rng):
     cache = chordlab.PagedKVCache(5, 4, 1, 3)
     a, b = cache.add_sequence(), cache.add_sequence()
