@@ -75,7 +75,7 @@ def aligned_zeros(shape, dtype, align: int = CACHE_LINE) -> np.ndarray:
 
     NumPy places a large array 16 bytes past a page boundary, so with rows of 512 bytes (D = 128, float32) every
     64-byte vector load of the decode kernel would straddle two cache lines. Aligned to a line, each load touches one:
-    decode reads a float32 cache about 6% faster on Zen 5 (measured 2026-11-26).
+    decode reads a float32 cache 2-7% faster on Zen 5 (measured 2026-11-26).
     """
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
