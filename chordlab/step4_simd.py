@@ -301,20 +301,19 @@ class SimdLibrary:
         x = self._vec("x", x)
         return float(self.lib.cl_max(self.isa_index(isa), self.ffi.from_buffer("float[]", x), x.size))
 
-    def exp(self, x, isa: str | None = None) -> np.ndarray:
+    def _elementwise(self, cfn, x, isa: str | None) -> np.ndarray:
         x = self._vec("x", x)
         y = np.empty_like(x)
-        self.lib.cl_exp(self.isa_index(isa), self.ffi.from_buffer("float[]", x),
-                        self.ffi.from_buffer("float[]", y, require_writable=True), x.size)
+        cfn(self.isa_index(isa), self.ffi.from_buffer("float[]", x),
+            self.ffi.from_buffer("float[]", y, require_writable=True), x.size)
         return y
+
+    def exp(self, x, isa: str | None = None) -> np.ndarray:
+        return self._elementwise(self.lib.cl_exp, x, isa)
 
     def exp2(self, x, isa: str | None = None) -> np.ndarray:
         """2^x as the forward's softmax computes it (its scores carry log2(e)); for x <= 0, -inf and NaN."""
-        x = self._vec("x", x)
-        y = np.empty_like(x)
-        self.lib.cl_exp2(self.isa_index(isa), self.ffi.from_buffer("float[]", x),
-                         self.ffi.from_buffer("float[]", y, require_writable=True), x.size)
-        return y
+        return self._elementwise(self.lib.cl_exp2, x, isa)
 
     def scale(self, x, alpha: float, isa: str | None = None) -> np.ndarray:
         y = np.array(self._vec("x", x), copy=True)
