@@ -77,6 +77,8 @@ def aligned_zeros(shape, dtype, align: int = CACHE_LINE) -> np.ndarray:
     64-byte vector load of the decode kernel would straddle two cache lines. Aligned to a line, each load touches one:
     decode reads a float32 cache 2-7% faster on Zen 5 (measured 2026-11-26).
     """
+    if align < 1 or align & (align - 1):
+        raise ValueError(f"align must be a power of two, got {align}")
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = np.zeros(nbytes + align, np.uint8)

@@ -152,6 +152,8 @@ def test_cache_storage_starts_on_a_cache_line(dtype):
             assert a.dtype == dtype and not a.any()
     a = chordlab.kv_cache.aligned_zeros((3, 5), np.float16, align=4096)
     assert a.ctypes.data % 4096 == 0 and a.shape == (3, 5) and a.nbytes == 30
+    with pytest.raises(ValueError, match="power of two"):
+        chordlab.kv_cache.aligned_zeros((3,), np.float32, align=48)
 
 
 @pytest.mark.parametrize("dtype", KV_DTYPES)
